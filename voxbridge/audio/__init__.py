@@ -1,0 +1,9 @@
+"""Audio: Discord PCM in, 16 kHz mono for VAD/STT, 48 kHz stereo 20 ms frames out."""
+
+DISCORD_RATE = 48_000
+DISCORD_CHANNELS = 2
+FRAME_MS = 20
+FRAME_SAMPLES = DISCORD_RATE * FRAME_MS // 1000  # per channel
+FRAME_BYTES = FRAME_SAMPLES * DISCORD_CHANNELS * 2  # s16le stereo: 3840
+STT_RATE = 16_000
+SILENT_FRAME = bytes(FRAME_BYTES)

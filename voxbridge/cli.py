@@ -1,0 +1,168 @@
+"""`voxbridge` command line: simulate, transcribe, check, config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from .config import explain, load_settings
+from .errors import ConfigError, VoxBridgeError
+from .logs import setup_logging
+
+
+def _settings(args):
+    path = args.config or os.environ.get("VOXBRIDGE_CONFIG") or None
+    settings = load_settings(path)
+    if getattr(args, "agents", None):
+        import attrs
+
+        settings = attrs.evolve(settings, agents=attrs.evolve(settings.agents, file=args.agents))
+    return settings
+
+
+def cmd_simulate(args) -> int:
+    from .sim.simulate import DEFAULT_SCENARIO, parse_line, simulate
+
+    settings = _settings(args)
+    if args.no_tts:
+        import attrs
+
+        settings = attrs.evolve(settings, tts=attrs.evolve(settings.tts, backend="none"))
+    lines = [parse_line(s, "say") for s in args.say or []] + [parse_line(s, "wav") for s in args.wav or []]
+    if not lines:
+        lines = [parse_line(s, "say") for s in DEFAULT_SCENARIO]
+        print("No --say/--wav given: simulating three overlapping speakers.", file=sys.stderr)
+    out = Path(args.out)
+    t0 = time.monotonic()
+    result = trio.run(lambda: simulate(settings, lines, out_dir=out, fast=args.fast, demo_agents=args.demo_agents,
+                                       store_url=args.store, quiet=args.quiet, progress=not args.no_progress))
+    if not args.no_progress and sys.stderr.isatty():
+        print(file=sys.stderr)
+    statuses: dict[str, int] = {}
+    for t in result.turns:
+        statuses[t["status"]] = statuses.get(t["status"], 0) + 1
+    print(f"\n{len(result.turns)} turns ({', '.join(f'{v} {k}' for k, v in statuses.items()) or 'none'}) "
+          f"in {time.monotonic() - t0:.1f}s; {len(result.played)} answers played")
+    print(f"channel audio: {result.out_wav}\nlog:           {result.log_json}")
+    failed = statuses.get("failed", 0)
+    return 1 if failed and args.strict else 0
+
+
+def cmd_transcribe(args) -> int:
+    from .audio import STT_RATE
+    from .audio.convert import resample
+    from .audio.wav import read_wav_mono
+    from .stt import create_stt
+
+    settings = _settings(args)
+
+    async def main():
+        engine = await create_stt(settings)
+        try:
+            for path in args.files:
+                mono, rate = await trio.to_thread.run_sync(read_wav_mono, path)
+                audio = await trio.to_thread.run_sync(resample, mono, rate, STT_RATE)
+                t0 = time.perf_counter()
+                tr = await engine.transcribe(audio)
+                dt = time.perf_counter() - t0
+                shown = tr.text if tr.text else f"<nothing: {tr.dropped}>"
+                print(f"{path}: {shown}")
+                print(f"  {tr.duration_s:.2f}s audio, {dt:.2f}s to transcribe (x{tr.duration_s / max(dt, 1e-6):.1f} real time), "
+                      f"language {tr.language}, confidence {tr.confidence:.2f}", file=sys.stderr)
+        finally:
+            await engine.aclose()
+
+    trio.run(main)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .agents.config import load_agents, redact_url
+
+    settings = _settings(args)
+    agents = load_agents(settings.agents.file)
+    print(f"{args.config or 'settings'}: ok")
+    print(f"{agents.source}: ok (version {agents.version}); default agent {agents.routing.default_agent!r}")
+    for a in agents.agents:
+        print(f"  - {a.id:<16} {a.kind:<8} {redact_url(a.url)}  {a.name}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.explain:
+        print(explain())
+        return 0
+    settings = _settings(args)
+    import attrs
+
+    for section, values in attrs.asdict(settings).items():
+        print(f"[{section}]")
+        for k, v in values.items():
+            print(f"{k} = {v!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voxbridge", description="Discord voice channels talking to AI agents.")
+    p.add_argument("--config", help="settings file (voxbridge.toml); default: built-in defaults, or $VOXBRIDGE_CONFIG")
+    p.add_argument("--log-level", default=None, help="override [log].level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="a local voice channel, full pipeline, no Discord token")
+    s.add_argument("--say", action="append", metavar="NAME[@OFFSET]:TEXT", help="a speaker line synthesized with Piper (repeatable; same NAME = same speaker)")
+    s.add_argument("--wav", action="append", metavar="NAME[@OFFSET]:FILE", help="a speaker from a WAV file (any rate/channels; repeatable)")
+    s.add_argument("--demo-agents", action="store_true", help="serve n8n-compatible demo webhooks on 127.0.0.1 and use them for every agent")
+    s.add_argument("--fast", action="store_true", help="feed audio as fast as the pipeline takes it instead of in real time")
+    s.add_argument("--out", default="sim-out", help="output directory for channel.wav, log.json and the run's database (default: sim-out)")
+    s.add_argument("--store", default=None, help="store URL (default: sqlite in --out)")
+    s.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
+    s.add_argument("--no-tts", action="store_true", help="do not speak answers")
+    s.add_argument("--quiet", action="store_true", help="no live log")
+    s.add_argument("--no-progress", action="store_true", help="no progress line")
+    s.add_argument("--strict", action="store_true", help="exit 1 if any turn failed")
+    s.set_defaults(func=cmd_simulate)
+
+    t = sub.add_parser("transcribe", help="transcribe WAV files with the configured STT")
+    t.add_argument("files", nargs="+")
+    t.set_defaults(func=cmd_transcribe)
+
+    c = sub.add_parser("check", help="validate settings and agents.toml")
+    c.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
+    c.set_defaults(func=cmd_check)
+
+    g = sub.add_parser("config", help="print the effective settings")
+    g.add_argument("--explain", action="store_true", help="every setting with its default, meaning and environment variable")
+    g.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        level = args.log_level
+        fmt = "kv"
+        if level is None:
+            try:
+                s = _settings(args)
+                level, fmt = s.log.level, s.log.format
+            except ConfigError:
+                level = "info"
+        setup_logging(level if args.command != "simulate" else ("warning" if level == "info" else level), fmt)
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"voxbridge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except VoxBridgeError as exc:
+        print(f"voxbridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

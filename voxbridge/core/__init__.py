@@ -1,0 +1,1 @@
+"""The trio core: channels, speakers, turns, playback. No asyncio here, ever."""

@@ -1,0 +1,130 @@
+"""ChannelSession: one voice channel, its speakers and its playback.
+
+    ChannelSession.run                 nursery: bounds everything this channel owns
+    ├── Playback.run                   the channel's one audio stream
+    └── SpeakerSession.run  (each)     in its own cancel scope: leaving cancels only that speaker
+
+Frames enter through `SpeakerHandle`: `push_threadsafe` (py-cord's reader thread: never blocks,
+drops the oldest frame when the speaker's queue is full, counted), `push` (trio, same policy)
+or `send` (trio, waits for room: the fast simulation, which must not lose audio).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+
+from .playback import FrameSink, Playback
+from .services import Services
+from .speaker import SpeakerInfo, SpeakerSession
+
+log = logging.getLogger("voxbridge.channel")
+
+
+@attrs.define
+class SpeakerHandle:
+    info: SpeakerInfo
+    session: SpeakerSession
+    scope: trio.CancelScope
+    _send: trio.MemorySendChannel
+    _receive: trio.MemoryReceiveChannel
+    _token: trio.lowlevel.TrioToken
+    dropped_frames: int = 0
+    finished: trio.Event = attrs.field(factory=trio.Event)
+
+    def push(self, frame: bytes) -> None:
+        """Queue a frame from trio without waiting; the oldest frame goes if the queue is full."""
+        try:
+            self._send.send_nowait(frame)
+        except trio.WouldBlock:
+            try:
+                self._receive.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            self.dropped_frames += 1
+            self.session.services.counters["frames_dropped"] += 1
+            try:
+                self._send.send_nowait(frame)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def push_threadsafe(self, frame: bytes) -> None:
+        """From a foreign thread (py-cord's packet router): hand off and return at once."""
+        try:
+            self._token.run_sync_soon(self.push, frame)
+        except trio.RunFinishedError:
+            pass
+
+    async def send(self, frame: bytes) -> None:
+        """From trio, waiting for room (no frame is ever dropped)."""
+        await self._send.send(frame)
+
+    async def finish(self) -> None:
+        """End of this speaker's audio: an open utterance is closed and still answered."""
+        await self._send.aclose()
+
+
+class ChannelSession:
+    def __init__(self, services: Services, guild_id: str, channel_id: str, sink: FrameSink):
+        self.services = services
+        self.guild_id = guild_id
+        self.channel_id = channel_id
+        self.playback = Playback(sink, services.settings.playback.max_queued_turns)
+        self.speakers: dict[str, SpeakerHandle] = {}
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+        self.turns_in_flight = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the channel until `close()` or cancellation."""
+        with trio.CancelScope() as self._scope:
+            async with trio.open_nursery() as nursery:  # bounds the playback task and every speaker
+                self._nursery = nursery
+                nursery.start_soon(self.playback.run)
+                task_status.started(self)
+                await trio.sleep_forever()
+
+    def close(self) -> None:
+        """Leave the channel: cancels its speakers (and their turns) and its playback."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def add_speaker(self, user_id: str, user_name: str = "") -> SpeakerHandle:
+        if user_id in self.speakers:
+            return self.speakers[user_id]
+        assert self._nursery is not None, "ChannelSession.run must be started first"
+        info = SpeakerInfo(user_id=user_id, user_name=user_name or user_id, guild_id=self.guild_id, channel_id=self.channel_id)
+        send, receive = trio.open_memory_channel[bytes](self.services.settings.audio.frame_queue)
+        session = SpeakerSession(self, info, receive)
+        handle = SpeakerHandle(info, session, trio.CancelScope(), send, receive, trio.lowlevel.current_trio_token())
+        self.speakers[user_id] = handle
+        self._nursery.start_soon(self._run_speaker, handle)
+        self.services.emit("speaker_joined", user=info.user_name, channel=self.channel_id)
+        return handle
+
+    async def _run_speaker(self, handle: SpeakerHandle) -> None:
+        try:
+            with handle.scope:  # cancelled by remove_speaker: only this speaker's work stops
+                await handle.session.run()
+        finally:
+            if self.speakers.get(handle.info.user_id) is handle:
+                del self.speakers[handle.info.user_id]
+            handle.finished.set()
+
+    def remove_speaker(self, user_id: str) -> None:
+        """The speaker left: cancel their segmentation and in-flight turns, nothing else."""
+        handle = self.speakers.get(user_id)
+        if handle is not None:
+            handle.scope.cancel()
+            self.playback.barge_in(user_id)
+            self.services.emit("speaker_left", user=handle.info.user_name, channel=self.channel_id)
+
+    def on_speech_started(self, speaker: SpeakerInfo) -> None:
+        if self.services.settings.playback.barge_in:
+            stopped = self.playback.barge_in(speaker.user_id)
+            if stopped:
+                self.services.emit("barge_in", user=speaker.user_name, turns=[a.turn_id for a in stopped])

@@ -1,0 +1,102 @@
+"""What every channel shares: engines, store, HTTP client, the live agents config, counters.
+
+Built once by `open_services` (which owns their lifetimes) and passed down explicitly; there is
+no module-level singleton.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from ..agents.client import make_http_client
+from ..agents.config import AgentsConfig, load_agents
+from ..audio.vad import VadFactory
+from ..config import Settings
+from ..store import Store, open_store
+from ..stt import SttEngine, create_stt
+from ..tts import TtsEngine, create_tts
+
+log = logging.getLogger("voxbridge")
+
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+def log_observer(kind: str, fields: dict[str, Any]) -> None:
+    """Default observer: one key=value log line per event (who, what, timings)."""
+    log.info("event=%s %s", kind, " ".join(f"{k}={v!r}" for k, v in fields.items() if k != "timings"))
+
+
+class AgentsHolder:
+    """The live agents config: swapped atomically; a turn keeps the snapshot it started with."""
+
+    def __init__(self, config: AgentsConfig):
+        self.current = config
+        self.reloads = 0
+
+    def swap(self, config: AgentsConfig) -> None:
+        self.current = config
+        self.reloads += 1
+
+
+@attrs.define
+class Services:
+    settings: Settings
+    stt: SttEngine
+    tts: TtsEngine | None
+    store: Store
+    http: httpx.AsyncClient
+    agents: AgentsHolder
+    vad: VadFactory
+    vad_limiter: trio.CapacityLimiter
+    observer: Observer = log_observer
+    counters: collections.Counter = attrs.field(factory=collections.Counter)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.counters[f"event.{kind}"] += 1
+        try:
+            self.observer(kind, fields)
+        except Exception:  # an observer bug must not break a turn
+            log.exception("event=observer_error kind=%s", kind)
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, agents: AgentsConfig | None = None, observer: Observer | None = None,
+                        stt: SttEngine | None = None, tts: TtsEngine | None | bool = True,
+                        store_url: str | None = None) -> AsyncIterator[Services]:
+    """Load engines (in threads), open the store and HTTP client; close them all on exit.
+
+    `stt`/`tts` can be passed in to share already-loaded engines (tests, benchmarks);
+    `tts=False` disables speaking.
+    """
+    agents_cfg = agents or load_agents(Path(settings.agents.file))
+    own_stt = stt is None
+    if stt is None:
+        stt = await create_stt(settings)
+    if tts is True:
+        tts = await create_tts(settings)
+    elif tts is False:
+        tts = None
+    store = open_store(store_url or settings.store_url)
+    http = make_http_client()
+    services = Services(
+        settings=settings, stt=stt, tts=tts, store=store, http=http, agents=AgentsHolder(agents_cfg),
+        vad=VadFactory(settings.vad.backend, settings.vad.energy_floor_dbfs),
+        vad_limiter=trio.CapacityLimiter(2), observer=observer or log_observer,
+    )
+    try:
+        yield services
+    finally:
+        with trio.CancelScope(shield=True):
+            await http.aclose()
+            await store.aclose()
+            if own_stt:
+                await stt.aclose()

@@ -1,0 +1,35 @@
+"""One exception hierarchy for everything a user can get wrong or a peer can break.
+
+Messages say what, where (file:line or config key) and how to fix; they never carry secrets.
+"""
+
+
+class VoxBridgeError(Exception):
+    """Base of every error VoxBridge raises on purpose."""
+
+
+class ConfigError(VoxBridgeError):
+    """A setting or file is invalid. `where` is a key path or `file:line`."""
+
+    def __init__(self, where: str, reason: str):
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
+
+
+class SttError(VoxBridgeError):
+    """Transcription of one utterance failed (only that turn fails)."""
+
+
+class TtsError(VoxBridgeError):
+    """Synthesis of one clause failed."""
+
+
+class AgentError(VoxBridgeError):
+    """An agent call failed after retries. `reason` is a short, secret-free slug."""
+
+    def __init__(self, agent_id: str, reason: str, detail: str = ""):
+        self.agent_id = agent_id
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"agent {agent_id!r}: {reason}" + (f" ({detail})" if detail else ""))

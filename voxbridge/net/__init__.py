@@ -1,0 +1,1 @@
+"""Networking helpers that run on trio."""

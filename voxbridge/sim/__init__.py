@@ -1,0 +1,1 @@
+"""The local simulation of a voice channel (no Discord token): `voxbridge simulate`."""

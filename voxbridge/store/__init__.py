@@ -1,0 +1,86 @@
+"""Sessions, turns and routing decisions.
+
+Backends implement `SyncStore` (plain blocking methods); the core only ever sees `Store`, which
+runs each call in a worker thread under a CapacityLimiter, so no database call blocks the loop.
+A turn is written the moment its transcript exists (status `transcribed`) and updated later:
+a crash after transcription never loses what someone said.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+TURN_STATUSES = ("transcribed", "routed", "answered", "failed")
+
+
+@attrs.frozen
+class SessionRecord:
+    guild_id: str
+    user_id: str
+    conversation_id: str
+    session_id: str
+    agent_id: str | None  # pinned by the user (/agent select) or by an agent's handoff
+    turn_count: int
+
+
+@attrs.frozen
+class TurnStart:
+    """What `begin_turn` hands back: the ids the payload needs."""
+
+    turn_id: str
+    number: int
+    conversation_id: str
+    session_id: str
+    pinned_agent: str | None
+
+
+class SyncStore(Protocol):
+    max_concurrency: int
+
+    def session(self, guild_id: str, user_id: str) -> SessionRecord: ...
+    def new_conversation(self, guild_id: str, user_id: str) -> SessionRecord: ...
+    def pin_agent(self, guild_id: str, user_id: str, agent_id: str | None) -> None: ...
+    def begin_turn(self, turn: dict[str, Any]) -> TurnStart: ...
+    def update_turn(self, turn_id: str, **fields: Any) -> None: ...
+    def get_turn(self, turn_id: str) -> dict[str, Any] | None: ...
+    def recent_turns(self, conversation_id: str, limit: int) -> list[dict[str, Any]]: ...
+    def list_turns(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    def record_decision(self, decision: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Store:
+    """Async facade: every method of the sync backend, run in a thread under a limiter."""
+
+    def __init__(self, backend: SyncStore):
+        self.backend = backend
+        self.limiter = trio.CapacityLimiter(backend.max_concurrency)
+
+    def __getattr__(self, name: str):
+        method = getattr(self.backend, name)
+        if not callable(method):
+            return method
+
+        async def call(*args, **kwargs):
+            return await trio.to_thread.run_sync(functools.partial(method, *args, **kwargs), limiter=self.limiter)
+
+        call.__name__ = name
+        return call
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self.backend.close, limiter=self.limiter)
+
+
+def open_store(url: str) -> Store:
+    """`sqlite:///relative/or/absolute.db` (or `sqlite:///:memory:`)."""
+    if url.startswith("sqlite://"):
+        from .sqlite import SqliteStore
+
+        return Store(SqliteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:"))
+    from ..errors import ConfigError
+
+    raise ConfigError("[store].url", "unsupported store URL scheme; use sqlite:///path/to/voxbridge.db")
