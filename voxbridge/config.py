@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigError
+from .errors import ConfigError, toml_error_where
 
 ENV_PREFIX = "VOXBRIDGE_"
 
@@ -235,7 +235,7 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}:{getattr(exc, 'lineno', '?')}", f"invalid TOML: {exc}") from None
+            raise ConfigError(toml_error_where(source, exc), f"invalid TOML: {exc}") from None
     for section in data:
         if section not in SECTIONS:
             raise ConfigError(f"{source}: [{section}]", f"unknown section; known: {', '.join(SECTIONS)}")

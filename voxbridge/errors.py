@@ -8,6 +8,14 @@ class VoxBridgeError(Exception):
     """Base of every error VoxBridge raises on purpose."""
 
 
+def toml_error_where(source: str, exc: Exception) -> str:
+    """`file:line` for a tomllib error (3.11 has the line only in the message)."""
+    import re
+
+    m = re.search(r"line (\d+)", str(exc))
+    return f"{source}:{m.group(1)}" if m else source
+
+
 class ConfigError(VoxBridgeError):
     """A setting or file is invalid. `where` is a key path or `file:line`."""
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, toml_error_where
 
 AGENT_KINDS = ("n8n", "webhook")
 STRATEGIES = ("user_preference",)
@@ -136,8 +136,7 @@ def parse_agents(text: str, source: str = "agents.toml", env: dict[str, str] | N
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(f"{source}:{m.group(1)}" if m else source, f"invalid TOML: {exc}") from None
+        raise ConfigError(toml_error_where(source, exc), f"invalid TOML: {exc}") from None
     for key in data:
         if key not in ("routing", "agents"):
             raise ConfigError(loc.where(key) if isinstance(data[key], dict) else source, f"unknown top-level key {key!r}; expected [routing] and [[agents]]")

@@ -157,7 +157,7 @@ class Segmenter:
             if not self._started_sent and self._speech_samples >= self.min_speech:
                 events.append(SpeechStarted(self._id))
                 self._started_sent = True
-            if self._utterance_len() >= self.max_len:
+            if self._utterance_len() + WINDOW > self.max_len:  # the next window would pass the cap
                 self._finish("max_length", events)
             return
         self._in_speech = False

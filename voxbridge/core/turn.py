@@ -205,12 +205,27 @@ async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, dec
         await store.update_turn(turn.turn_id, timings=timings)
         services.emit("turn_played", turn=turn.turn_id, user=speaker.user_name, status=status,
                       interrupted=speech.answer.interrupted, timings=dict(timings))
-    except trio.Cancelled:
+    except BaseException as exc:
+        cancelled = _only_cancelled(exc)
         if turn is not None and status not in ("answered", "failed"):
+            error = "cancelled: the speaker left or the channel closed" if cancelled else f"internal error: {type(exc).__name__}"
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await store.update_turn(turn.turn_id, status="failed", error="cancelled: the speaker left or the channel closed", timings=timings)
-            services.emit("turn_cancelled", turn=turn.turn_id, user=speaker.user_name)
-        raise
+                await store.update_turn(turn.turn_id, status="failed", error=error, timings=timings)
+            services.emit("turn_cancelled" if cancelled else "turn_failed", turn=turn.turn_id, user=speaker.user_name, error=error)
+        if cancelled or not isinstance(exc, Exception):
+            raise
+        # A bug in one turn is logged and counted; the speaker, channel and daemon carry on.
+        services.counters["turn_internal_errors"] += 1
+        log.exception("event=turn_internal_error user=%s turn=%s", speaker.user_name, turn.turn_id if turn else None)
     finally:
         if turn is not None:
             channel.turns_in_flight -= 1
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """True for trio.Cancelled, bare or wrapped by nurseries in (nested) exception groups."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return False

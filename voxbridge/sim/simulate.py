@@ -140,7 +140,9 @@ async def prepare_audio(lines: list[SpeakerLine], tts) -> dict[str, bytes]:
 
 async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Path, fast: bool = False,
                    demo_agents: bool = False, store_url: str | None = None, quiet: bool = False,
-                   progress: bool = True, stt=None, tts=None, observer: Callable | None = None) -> SimResult:
+                   progress: bool = True, stt=None, tts=None, line_tts=None, observer: Callable | None = None) -> SimResult:
+    """Run one simulated channel. `stt`/`tts` share loaded engines (tts=False: answers not spoken);
+    `line_tts` voices the --say lines (default: the answer voice, else the bundled Piper voice)."""
     await trio.to_thread.run_sync(lambda: out_dir.mkdir(parents=True, exist_ok=True))
     printer = LivePrinter(quiet=quiet)
     agents = await trio.to_thread.run_sync(load_agents, settings.agents.file)
@@ -159,7 +161,9 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
         async with open_services(settings, agents=agents, observer=observe, stt=stt,
                                  tts=tts if tts is not None else True,
                                  store_url=store_url or f"sqlite:///{out_dir / 'voxbridge.db'}") as services:
-            audio = await prepare_audio(lines, services.tts)
+            if line_tts is None and any(line.text for line in lines):
+                line_tts = services.tts or await _load_piper(settings)
+            audio = await prepare_audio(lines, line_tts)
             output = bytearray()
             if fast:
                 sink = CollectSink()
@@ -182,7 +186,8 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             if not fast:  # let the player drain its buffer, plus a little silence at the end
                 await trio.sleep(settings.playback.buffer_ms / 1000 + 0.3)
             channel.close()
-            turns = await services.store.list_turns(limit=10_000)
+            mine = {e["turn"] for e in printer.events if "turn" in e}
+            turns = [t for t in await services.store.list_turns(limit=100_000) if t["id"] in mine]
             stats = {
                 "counters": dict(services.counters),
                 "playback": channel.playback.stats,
@@ -207,6 +212,14 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
            "played_in_order": played, "turns": turns, "events": printer.events, "stats": stats}
     log_json.write_text(json.dumps(doc, indent=2, default=str))
     return SimResult(out_wav, log_json, turns, printer.events, stats, played)
+
+
+async def _load_piper(settings):
+    from ..tts.piper import PiperTts
+
+    engine = PiperTts(settings.tts)
+    await engine.load()
+    return engine
 
 
 async def _feed(handle, frames: list[bytes], fast: bool, fed: list[int]) -> None:

@@ -1,0 +1,74 @@
+"""Fixtures: the real models (loaded once per session), settings in a temp dir, agent servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from voxbridge.config import load_settings
+from voxbridge.net.http_server import serve_http
+from voxbridge.stt.local import LocalWhisper
+from voxbridge.tts.piper import PiperTts
+
+from .helpers import SpeechMaker
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def require_services() -> bool:
+    return bool(os.environ.get("VOXBRIDGE_REQUIRE_SERVICES"))
+
+
+@pytest.fixture(scope="session")
+def base_settings():
+    return load_settings(env={})
+
+
+@pytest.fixture(scope="session")
+def piper(base_settings):
+    engine = PiperTts(base_settings.tts)
+    engine.voice = engine._load_sync()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def stt(base_settings):
+    engine = LocalWhisper(base_settings.stt)
+    engine.model = engine._load_sync()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def speech(piper):
+    return SpeechMaker(piper)
+
+
+@pytest.fixture
+def settings(tmp_path, base_settings):
+    """Defaults, state in a temp dir, the repository's agents.toml."""
+    return attrs.evolve(
+        base_settings,
+        general=attrs.evolve(base_settings.general, state_dir=str(tmp_path / "state")),
+        agents=attrs.evolve(base_settings.agents, file=str(ROOT / "agents.toml")),
+    )
+
+
+@pytest.fixture
+async def agent_server(nursery):
+    """Start a loopback HTTP server with a handler; returns its base URL."""
+
+    async def start(handler) -> str:
+        port = await nursery.start(serve_http, handler)
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
