@@ -37,9 +37,16 @@ def piper(base_settings):
 
 
 @pytest.fixture(scope="session")
-def stt(base_settings):
+def whisper_model(base_settings):
+    return LocalWhisper(base_settings.stt)._load_sync()
+
+
+@pytest.fixture
+def stt(base_settings, whisper_model):
+    """A fresh engine (own CapacityLimiter) per test around the model loaded once: a decode
+    abandoned when one test's trio run ended must not hold a slot in the next test."""
     engine = LocalWhisper(base_settings.stt)
-    engine.model = engine._load_sync()
+    engine.model = whisper_model
     return engine
 
 
