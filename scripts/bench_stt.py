@@ -45,17 +45,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SENTENCES = [
     "Could you tell me what the weather will be like in Paris tomorrow afternoon?",
-    "Please remind me to call my sister when I get home from work tonight.",
+    "Please remind me to call my sister when I get home from work tonight, and also remind me to water the plants before I go to bed.",
     "What is the fastest way to get from the train station to the old harbour?",
-    "I would like to book a table for four people at seven o'clock on Friday.",
+    "I would like to book a table for four people at seven o'clock on Friday evening, preferably near the window, and one of us is vegetarian.",
     "Can you explain how a rainbow forms after a summer storm?",
-    "Tell me a short story about a dragon who is afraid of the dark.",
+    "Tell me a short story about a dragon who is afraid of the dark, lives in a lighthouse by the sea, and makes friends with a small fishing boat.",
     "How many kilometres is it from the earth to the moon, roughly?",
-    "Add milk, eggs, bread and two kilos of apples to my shopping list.",
+    "Add milk, eggs, bread and two kilos of apples to my shopping list, and remove the orange juice because we still have plenty at home.",
     "Which planet in our solar system has the most moons, and how many does it have?",
     "Turn the living room lights down to thirty percent and play some quiet jazz.",
-    "What should I cook for dinner if I only have rice, beans and tomatoes?",
-    "Summarise the main points of the meeting we had this morning about the budget.",
+    "What should I cook for dinner if I only have rice, beans and tomatoes, and it needs to be ready in less than half an hour?",
+    "Summarise the main points of the meeting we had this morning about the budget for next year, and list who is responsible for each item.",
 ]
 
 

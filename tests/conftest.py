@@ -20,8 +20,52 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+PG_ADMIN_URL = os.environ.get("VOXBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("VOXBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 def require_services() -> bool:
     return bool(os.environ.get("VOXBRIDGE_REQUIRE_SERVICES"))
+
+
+def service_missing(what: str, exc: Exception):
+    """Skip only when the server is absent AND VOXBRIDGE_REQUIRE_SERVICES is unset; else fail."""
+    message = f"{what} not reachable: {type(exc).__name__}: {exc}"
+    if require_services():
+        pytest.fail(message + " (VOXBRIDGE_REQUIRE_SERVICES is set)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty database on the real server for this test; dropped afterwards."""
+    import uuid
+
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        service_missing("PostgreSQL", exc)
+    name = f"voxbridge_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'create database "{name}"')
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+        admin.close()
+
+
+@pytest.fixture
+def redis_url():
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        service_missing("Redis", exc)
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

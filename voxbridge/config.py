@@ -106,7 +106,9 @@ class PlaybackSettings:
 
 @attrs.frozen
 class StoreSettings:
-    url: str = _field("", "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db).")
+    url: str = _field("", "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db) or postgresql://user@host:5432/db (extra `postgres`).")
+    redis_url: str = _field("", "Optional Redis (redis://host:6379/0): shared session cache, one owner per guild voice connection, reload broadcast. Empty: none.")
+    session_ttl_s: int = _field(300, "How long Redis caches a session.", _positive)
 
 
 @attrs.frozen

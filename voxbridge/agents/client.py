@@ -1,4 +1,8 @@
-"""Call an agent over HTTP (kinds `n8n` and `webhook`): POST the payload, stream the answer.
+"""Call an agent over HTTP and stream its answer back, whatever its kind.
+
+Kinds differ only in the request (`build_request`): `n8n` and `webhook` POST the VoxBridge
+payload; `openai` POSTs a Chat Completions body (system prompt, previous turns as messages).
+The reply's shape (JSON, text, n8n NDJSON, SSE) is detected by `ReplyParser`.
 
 Retries with exponential backoff on connection errors and 5xx — only before the first byte of
 the answer, never after (the agent may already be acting). Timeouts: connect, first byte /
@@ -8,6 +12,9 @@ between chunks (`timeout_s`), whole answer (`total_timeout_s`). The body is capp
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -107,16 +114,51 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__.lower()
 
 
+def openai_messages(agent: AgentSpec, payload: dict) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+    for turn in payload.get("context", {}).get("previousTurns", []):
+        messages.append({"role": "user", "content": turn.get("transcript") or ""})
+        if turn.get("response"):
+            messages.append({"role": "assistant", "content": turn["response"]})
+    messages.append({"role": "user", "content": payload["text"]})
+    return messages
+
+
+def build_request(agent: AgentSpec, payload: dict) -> tuple[bytes, dict[str, str]]:
+    """The exact bytes and headers to POST (signed bytes must be the sent bytes)."""
+    if agent.kind == "openai":
+        body_obj = {"model": agent.model, "messages": openai_messages(agent, payload), "stream": agent.streaming}
+        accept = "text/event-stream, application/json"
+    else:
+        body_obj = payload
+        accept = "application/x-ndjson, application/json, text/event-stream, text/plain"
+    body = json.dumps(body_obj, ensure_ascii=False).encode()
+    headers = {"content-type": "application/json", "accept": accept, **agent.headers}
+    if agent.api_key:
+        headers["authorization"] = f"Bearer {agent.api_key}"
+    if agent.hmac_secret:
+        headers.update(sign(agent.hmac_secret, body))
+    return body, headers
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """`X-VoxBridge-Signature: sha256=HMAC(secret, "<timestamp>.<body>")`; the receiver checks
+    the timestamp is recent (replay) and compares the digest in constant time."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"x-voxbridge-timestamp": ts, "x-voxbridge-signature": f"sha256={digest}"}
+
+
 async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText,
                    started: float, attempt: int) -> AgentAnswer:
     timeout = httpx.Timeout(connect=agent.connect_timeout_s, read=agent.timeout_s, write=agent.timeout_s, pool=agent.connect_timeout_s)
-    headers = {"content-type": "application/json", "accept": "application/x-ndjson, application/json, text/plain", **agent.headers}
+    body, headers = build_request(agent, payload)
     parser = ReplyParser()
     pieces: list[str] = []
     first_byte: float | None = None
     received = 0
     try:
-        async with http.stream("POST", agent.url, json=payload, headers=headers, timeout=timeout) as resp:
+        async with http.stream("POST", agent.url, content=body, headers=headers, timeout=timeout) as resp:
             if resp.status_code >= 400:
                 raise _Status(resp.status_code)
             async for chunk in resp.aiter_raw():

@@ -1,8 +1,9 @@
-"""`agents.toml`: which agents exist and how turns reach them.
+"""`agents.toml`: which agents exist, how turns reach them, and the routing rules.
 
-Loading validates everything and reports `file:line: key: reason`. `${VAR}` and
-`${VAR:-default}` are interpolated from the environment in string values; the resolved URLs and
-headers are secrets and never appear in reprs, logs or errors (see `redact_url`).
+Loading validates everything and reports `file:line: key: reason` (unknown keys, duplicate ids,
+rules naming missing agents, bad URLs, unknown kinds, regexes that could backtrack without
+bound). `${VAR}` and `${VAR:-default}` are interpolated from the environment in string values;
+resolved URLs, headers, API keys and HMAC secrets are secrets: never in reprs, logs or errors.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,10 +21,11 @@ import attrs
 
 from ..errors import ConfigError, toml_error_where
 
-AGENT_KINDS = ("n8n", "webhook")
-STRATEGIES = ("user_preference",)
+AGENT_KINDS = ("n8n", "webhook", "openai")
+STRATEGIES = ("user_preference", "content_based", "round_robin", "broadcast")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_REGEX_LEN = 500
 
 
 def redact_url(url: str) -> str:
@@ -34,6 +37,15 @@ def redact_url(url: str) -> str:
         return f"{parts.scheme}://{host}{port}/…"
     except ValueError:
         return "<invalid url>"
+
+
+def _secret(value) -> str:
+    return "<set>" if value else "<unset>"
+
+
+@attrs.frozen
+class AgentTts:
+    voice: str = ""  # a Piper .onnx path; "" = the daemon's voice
 
 
 @attrs.frozen
@@ -49,7 +61,43 @@ class AgentSpec:
     connect_timeout_s: float = 5.0
     retries: int = 2
     max_response_bytes: int = 1 << 20
+    max_concurrency: int = 8  # requests in flight to this agent
+    circuit_failures: int = 5  # consecutive failures that open the circuit
+    circuit_reset_s: float = 30.0  # open circuit: how long before one trial request
     headers: dict[str, str] = attrs.field(factory=dict, repr=lambda h: f"<{len(h)} headers>")
+    hmac_secret: str = attrs.field(default="", repr=_secret)
+    api_key: str = attrs.field(default="", repr=_secret)  # openai: Authorization: Bearer
+    model: str = ""  # openai: the model name
+    system_prompt: str = ""  # openai: the system message
+    keywords: tuple[str, ...] = ()
+    priority: int = 0
+    guilds: tuple[str, ...] = ()  # empty: every guild
+    allowed_roles: tuple[str, ...] = ()  # empty: everyone
+    tts: AgentTts = attrs.field(factory=AgentTts)
+
+    def allowed_in(self, guild_id: str, roles: tuple[str, ...] | frozenset[str] = ()) -> bool:
+        if self.guilds and guild_id not in self.guilds:
+            return False
+        return not self.allowed_roles or bool(set(self.allowed_roles) & set(roles))
+
+
+@attrs.frozen
+class RuleMatch:
+    keywords: tuple[str, ...] = ()
+    regex: str = ""
+    guilds: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Rule:
+    id: str
+    agents: tuple[str, ...]
+    priority: int = 0
+    match: RuleMatch = attrs.field(factory=RuleMatch)
+    compiled: re.Pattern | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -57,12 +105,14 @@ class RoutingSpec:
     strategy: str = "user_preference"
     default_agent: str = ""
     history_turns: int = 5
+    classifier_agent: str = ""  # content_based: an agent that answers with an agent id
 
 
 @attrs.frozen
 class AgentsConfig:
     routing: RoutingSpec
     agents: tuple[AgentSpec, ...]
+    rules: tuple[Rule, ...] = ()
     source: str = ""
     version: str = ""  # hash of the file's text: tells reloads apart
 
@@ -75,21 +125,18 @@ class AgentsConfig:
         return attrs.evolve(self, agents=agents)
 
 
-AGENT_FIELDS = {f.name: f for f in attrs.fields(AgentSpec)}
-_TYPES = {name: {"str": str, "bool": bool, "float": float, "int": int, "dict[str, str]": dict}[str(f.type)]
-          for name, f in {**AGENT_FIELDS, **{f.name: f for f in attrs.fields(RoutingSpec)}}.items()}
-ROUTING_FIELDS = {f.name: f for f in attrs.fields(RoutingSpec)}
-
-
 class _Locator:
-    """Finds the line of `key` inside the n-th `[[agents]]` block or the `[routing]` table."""
+    """Finds the line of `key` inside the n-th `[[table]]` block or the `[table]` table."""
 
     def __init__(self, text: str, source: str):
         self.lines = text.splitlines()
         self.source = source
 
     def where(self, table: str, index: int | None = None, key: str | None = None) -> str:
-        header_re = re.compile(r"^\s*\[\[\s*" + re.escape(table) + r"\s*\]\]" if index is not None else r"^\s*\[\s*" + re.escape(table) + r"\s*\]")
+        if index is not None:
+            header_re = re.compile(r"^\s*\[\[\s*" + re.escape(table) + r"\s*\]\]")
+        else:
+            header_re = re.compile(r"^\s*\[\s*" + re.escape(table) + r"\s*\]")
         count, line_no = -1, None
         for i, line in enumerate(self.lines, 1):
             if header_re.match(line):
@@ -102,7 +149,7 @@ class _Locator:
         if key:
             for j in range(line_no, len(self.lines)):
                 line = self.lines[j]
-                if re.match(r"^\s*\[", line):
+                if re.match(r"^\s*\[\[?\s*(?!" + re.escape(table) + r"\.)", line):
                     break
                 if re.match(r"^\s*" + re.escape(key) + r"\s*=", line):
                     return f"{self.source}:{j + 1}"
@@ -112,7 +159,7 @@ class _Locator:
 def _interpolate(value: str, env: dict[str, str], where: str, key: str) -> str:
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(2)
-        if name in env and env[name] != "":
+        if env.get(name):
             return env[name]
         if default is not None:
             return default
@@ -121,13 +168,73 @@ def _interpolate(value: str, env: dict[str, str], where: str, key: str) -> str:
     return _ENV_RE.sub(sub, value)
 
 
-def _check_type(value: Any, field: attrs.Attribute, where: str, key: str) -> Any:
-    expected = _TYPES[field.name]
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise ConfigError(where, f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}"[:200])
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, where: str, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(where, f"{key}: expected a list of strings, got {type(value).__name__}")
+        if len(value) > 1000:
+            raise ConfigError(where, f"{key}: at most 1000 entries")
+        return tuple(str(v) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(where, f"{key}: expected a table of strings")
+        return value
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+        raise ConfigError(where, f"{key}: expected {typ.__name__}, got {type(value).__name__} {shown}")
+    if typ is str and len(value) > 100_000:
+        raise ConfigError(where, f"{key}: too long")
     return value
+
+
+def _table(raw: Any, cls, where_of, name: str, env: dict[str, str], *, skip=(), interpolate=True) -> dict[str, Any]:
+    """Check a TOML table against an attrs class: known keys, right types, env interpolation."""
+    if not isinstance(raw, dict):
+        raise ConfigError(where_of(None), f"{name}: must be a table")
+    hints = _hints(cls)
+    known = [f.name for f in attrs.fields(cls) if f.name not in skip and f.name != "compiled"]
+    out = {}
+    for key, value in raw.items():
+        where = where_of(key)
+        if key not in known:
+            raise ConfigError(where, f"{name}.{key}: unknown key; known: {', '.join(known)}")
+        if key in ("tts", "match"):
+            out[key] = value  # nested tables are checked by the caller
+            continue
+        value = _coerce(value, hints[key], where, f"{name}.{key}")
+        if interpolate and isinstance(value, str):
+            value = _interpolate(value, env, where, f"{name}.{key}")
+        if isinstance(value, dict):
+            value = {str(k): _interpolate(v, env, where, f"{name}.{key}.{k}") for k, v in value.items()}
+        out[key] = value
+    return out
+
+
+# Nested quantifiers such as (a+)+ or (a|aa)* can take exponential time on a crafted transcript.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
+
+
+def compile_rule_regex(pattern: str, where: str, key: str) -> re.Pattern:
+    if len(pattern) > MAX_REGEX_LEN:
+        raise ConfigError(where, f"{key}: regex longer than {MAX_REGEX_LEN} characters")
+    if _NESTED_QUANTIFIER.search(pattern) or re.search(r"\\[1-9]", pattern):
+        raise ConfigError(where, f"{key}: nested quantifiers or backreferences can backtrack without bound on a long transcript; simplify the pattern")
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(where, f"{key}: invalid regex: {exc}") from None
+
+
+def _check_range(value, lo, hi, where, key, unit=""):
+    if not lo <= value <= hi:
+        raise ConfigError(where, f"{key}: must be between {lo} and {hi}{unit}, got {value}")
 
 
 def parse_agents(text: str, source: str = "agents.toml", env: dict[str, str] | None = None) -> AgentsConfig:
@@ -138,50 +245,34 @@ def parse_agents(text: str, source: str = "agents.toml", env: dict[str, str] | N
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(toml_error_where(source, exc), f"invalid TOML: {exc}") from None
     for key in data:
-        if key not in ("routing", "agents"):
-            raise ConfigError(loc.where(key) if isinstance(data[key], dict) else source, f"unknown top-level key {key!r}; expected [routing] and [[agents]]")
-    routing_raw = data.get("routing", {})
-    if not isinstance(routing_raw, dict):
-        raise ConfigError(source, "routing: must be a table [routing]")
-    kwargs = {}
-    for key, value in routing_raw.items():
-        where = loc.where("routing", None, key)
-        if key not in ROUTING_FIELDS:
-            raise ConfigError(where, f"routing.{key}: unknown key; known: {', '.join(ROUTING_FIELDS)}")
-        kwargs[key] = _check_type(value, ROUTING_FIELDS[key], where, f"routing.{key}")
-    routing = RoutingSpec(**kwargs)
+        if key not in ("routing", "agents", "rules"):
+            raise ConfigError(loc.where(key), f"unknown top-level key {key!r}; expected [routing], [[agents]] and [[rules]]")
+
+    routing = RoutingSpec(**_table(data.get("routing", {}), RoutingSpec, lambda k: loc.where("routing", None, k), "routing", env))
     if routing.strategy not in STRATEGIES:
         raise ConfigError(loc.where("routing", None, "strategy"), f"routing.strategy: unknown strategy {routing.strategy!r}; known: {', '.join(STRATEGIES)}")
-    if not 0 <= routing.history_turns <= 100:
-        raise ConfigError(loc.where("routing", None, "history_turns"), "routing.history_turns: must be between 0 and 100")
+    _check_range(routing.history_turns, 0, 100, loc.where("routing", None, "history_turns"), "routing.history_turns")
 
     agents_raw = data.get("agents", [])
     if not isinstance(agents_raw, list) or not agents_raw:
         raise ConfigError(source, "no agents: add at least one [[agents]] table")
     agents: list[AgentSpec] = []
     for i, raw in enumerate(agents_raw):
-        block = loc.where("agents", i)
-        kwargs = {}
-        for key, value in raw.items():
-            where = loc.where("agents", i, key)
-            if key not in AGENT_FIELDS:
-                raise ConfigError(where, f"agents[{i}].{key}: unknown key; known: {', '.join(AGENT_FIELDS)}")
-            value = _check_type(value, AGENT_FIELDS[key], where, f"agents[{i}].{key}")
-            if isinstance(value, str):
-                value = _interpolate(value, env, where, f"agents[{i}].{key}")
-            if key == "headers":
-                value = {str(k): _interpolate(str(v), env, where, f"agents[{i}].headers.{k}") for k, v in value.items()}
-            kwargs[key] = value
+        def where(k, i=i):
+            return loc.where("agents", i, k)
+
+        name = f"agents[{i}]"
+        kwargs = _table(raw, AgentSpec, where, name, env)
         for required in ("id", "kind", "url"):
             if required not in kwargs:
-                raise ConfigError(block, f"agents[{i}]: missing required key {required!r}")
+                raise ConfigError(where(None), f"{name}: missing required key {required!r}")
         agent_id = kwargs["id"]
         if not _ID_RE.match(agent_id):
-            raise ConfigError(loc.where("agents", i, "id"), f"agents[{i}].id: {agent_id!r} must be lowercase letters, digits, '-' or '_' (max 64)")
+            raise ConfigError(where("id"), f"{name}.id: {agent_id!r} must be lowercase letters, digits, '-' or '_' (max 64)")
         if any(a.id == agent_id for a in agents):
-            raise ConfigError(loc.where("agents", i, "id"), f"agents[{i}].id: duplicate agent id {agent_id!r}")
+            raise ConfigError(where("id"), f"{name}.id: duplicate agent id {agent_id!r}")
         if kwargs["kind"] not in AGENT_KINDS:
-            raise ConfigError(loc.where("agents", i, "kind"), f"agents[{i}].kind: unknown kind {kwargs['kind']!r}; known: {', '.join(AGENT_KINDS)}")
+            raise ConfigError(where("kind"), f"{name}.kind: unknown kind {kwargs['kind']!r}; known: {', '.join(AGENT_KINDS)}")
         url = kwargs["url"]
         try:
             parts = urlsplit(url)
@@ -190,22 +281,58 @@ def parse_agents(text: str, source: str = "agents.toml", env: dict[str, str] | N
         except ValueError:
             ok = False
         if not ok:
-            raise ConfigError(loc.where("agents", i, "url"), f"agents[{i}].url: not an http(s) URL ({redact_url(url)})")
-        for key in ("timeout_s", "total_timeout_s", "connect_timeout_s"):
-            if key in kwargs and not 0 < kwargs[key] <= 3600:
-                raise ConfigError(loc.where("agents", i, key), f"agents[{i}].{key}: must be between 0 and 3600 seconds")
-        if not 0 <= kwargs.get("retries", 0) <= 10:
-            raise ConfigError(loc.where("agents", i, "retries"), f"agents[{i}].retries: must be between 0 and 10")
-        if not 1024 <= kwargs.get("max_response_bytes", 1 << 20) <= 1 << 30:
-            raise ConfigError(loc.where("agents", i, "max_response_bytes"), f"agents[{i}].max_response_bytes: must be between 1 KiB and 1 GiB")
+            raise ConfigError(where("url"), f"{name}.url: not an http(s) URL ({redact_url(url)})")
+        for key in ("timeout_s", "total_timeout_s", "connect_timeout_s", "circuit_reset_s"):
+            if key in kwargs:
+                _check_range(kwargs[key], 0.001, 3600, where(key), f"{name}.{key}", " seconds")
+        for key, lo, hi in (("retries", 0, 10), ("max_response_bytes", 1024, 1 << 30), ("max_concurrency", 1, 1000),
+                            ("circuit_failures", 1, 1000), ("priority", -10_000, 10_000)):
+            if key in kwargs:
+                _check_range(kwargs[key], lo, hi, where(key), f"{name}.{key}")
+        if kwargs["kind"] == "openai" and not kwargs.get("model"):
+            raise ConfigError(where(None), f"{name}: kind 'openai' needs model = \"...\"")
+        if "tts" in kwargs:
+            kwargs["tts"] = AgentTts(**_table(kwargs["tts"], AgentTts, lambda k, i=i: loc.where("agents", i), f"{name}.tts", env))
+        kwargs["keywords"] = tuple(k.lower() for k in kwargs.get("keywords", ()))
         kwargs.setdefault("name", agent_id)
         agents.append(AgentSpec(**kwargs))
+    ids = {a.id for a in agents}
+
+    rules: list[Rule] = []
+    rules_raw = data.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ConfigError(source, "rules: use [[rules]] tables")
+    for i, raw in enumerate(rules_raw):
+        def where(k, i=i):
+            return loc.where("rules", i, k)
+
+        name = f"rules[{i}]"
+        kwargs = _table(raw, Rule, where, name, env)
+        for required in ("id", "agents"):
+            if required not in kwargs:
+                raise ConfigError(where(None), f"{name}: missing required key {required!r}")
+        if any(r.id == kwargs["id"] for r in rules):
+            raise ConfigError(where("id"), f"{name}.id: duplicate rule id {kwargs['id']!r}")
+        if not kwargs["agents"]:
+            raise ConfigError(where("agents"), f"{name}.agents: name at least one agent")
+        for agent_id in kwargs["agents"]:
+            if agent_id not in ids:
+                raise ConfigError(where("agents"), f"{name}.agents: no agent with id {agent_id!r}")
+        match = RuleMatch(**_table(kwargs.get("match", {}), RuleMatch, lambda k, i=i: where("match"), f"{name}.match", env, interpolate=False))
+        match = attrs.evolve(match, keywords=tuple(k.lower() for k in match.keywords))
+        compiled = compile_rule_regex(match.regex, where("match"), f"{name}.match.regex") if match.regex else None
+        kwargs["match"] = match
+        rules.append(Rule(compiled=compiled, **kwargs))
+
     if not routing.default_agent:
         routing = attrs.evolve(routing, default_agent=agents[0].id)
-    elif not any(a.id == routing.default_agent for a in agents):
+    elif routing.default_agent not in ids:
         raise ConfigError(loc.where("routing", None, "default_agent"), f"routing.default_agent: no agent with id {routing.default_agent!r}")
+    if routing.classifier_agent and routing.classifier_agent not in ids:
+        raise ConfigError(loc.where("routing", None, "classifier_agent"), f"routing.classifier_agent: no agent with id {routing.classifier_agent!r}")
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return AgentsConfig(routing=routing, agents=tuple(agents), source=source, version=version)
+    return AgentsConfig(routing=routing, agents=tuple(agents), rules=tuple(sorted(rules, key=lambda r: -r.priority)),
+                        source=source, version=version)
 
 
 def load_agents(path: str | Path, env: dict[str, str] | None = None) -> AgentsConfig:
@@ -213,4 +340,6 @@ def load_agents(path: str | Path, env: dict[str, str] | None = None) -> AgentsCo
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read agents file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not UTF-8 text") from None
     return parse_agents(text, str(path), env)

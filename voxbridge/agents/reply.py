@@ -4,6 +4,9 @@
   objects (served as application/json, chunked; chunk boundaries may fall anywhere). An
   `item`'s content is either a text token or, from a Respond-to-Webhook node, a *string holding
   JSON* such as `{"output": "..."}` that is unwrapped. Unknown types (keepalive) are ignored.
+- Server-Sent Events (`data: ...` lines; webhook agents and OpenAI Chat Completions streams):
+  each event's JSON gives text through the same keys, or `choices[0].delta.content`; `[DONE]`
+  ends the stream.
 - anything else is buffered to the end: JSON (`output`/`content`/`text`/`response`/`answer`/
   `message`, or a list of such items, as n8n returns for "all items") or plain text.
 A `handoff` key (top level, inside an unwrapped item, or in an `end` line's metadata) names the
@@ -62,7 +65,7 @@ def _handoff_of(obj: Any) -> str | None:
 
 class ReplyParser:
     def __init__(self):
-        self.mode: str | None = None  # "n8n_stream" | "buffered"
+        self.mode: str | None = None  # "n8n_stream" | "sse" | "buffered"
         self._buf = bytearray()
         self.handoff: str | None = None
         self.items = 0
@@ -77,8 +80,13 @@ class ReplyParser:
             if nl < 0:
                 return out
             first = stripped[:nl].strip()
-            self.mode = "n8n_stream" if self._is_n8n_line(first) else "buffered"
-        if self.mode == "n8n_stream":
+            self.mode = self._detect(first)
+        if self.mode == "sse":
+            while (nl := self._buf.find(b"\n")) >= 0:
+                line = bytes(self._buf[:nl]).strip()
+                del self._buf[: nl + 1]
+                out.extend(self._sse_line(line))
+        elif self.mode == "n8n_stream":
             while (nl := self._buf.find(b"\n")) >= 0:
                 line = bytes(self._buf[:nl]).strip()
                 del self._buf[: nl + 1]
@@ -91,7 +99,9 @@ class ReplyParser:
         rest = bytes(self._buf).strip()
         self._buf.clear()
         if self.mode is None:
-            self.mode = "n8n_stream" if self._is_n8n_line(rest) else "buffered"
+            self.mode = self._detect(rest)
+        if self.mode == "sse":
+            return self._sse_line(rest) if rest else []
         if self.mode == "n8n_stream":
             return self._n8n_line(rest) if rest else []
         if not rest:
@@ -106,12 +116,44 @@ class ReplyParser:
         if isinstance(obj, dict) and isinstance(obj.get("error"), (str, dict)) and _text_of(obj) is None:
             raise ReplyError("agent_error", str(obj["error"])[:200])
         self.handoff = _handoff_of(obj)
+        if isinstance(obj, dict) and isinstance(obj.get("choices"), list) and obj["choices"]:
+            message = obj["choices"][0].get("message") if isinstance(obj["choices"][0], dict) else None
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                return [message["content"]]
         answer = _text_of(obj)
         if answer is None:
             if self.handoff:
                 return []
             raise ReplyError("bad_response", f"JSON without any of the keys {', '.join(TEXT_KEYS)}")
         return [answer]
+
+    def _detect(self, first_line: bytes) -> str:
+        if first_line.startswith((b"data:", b"event:", b"id:", b":")):
+            return "sse"
+        return "n8n_stream" if self._is_n8n_line(first_line) else "buffered"
+
+    def _sse_line(self, line: bytes) -> list[str]:
+        if not line.startswith(b"data:"):
+            return []  # event:, id:, retry:, comments and blank separators carry no text
+        data = line[5:].strip()
+        if data == b"[DONE]" or not data:
+            return []
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return [data.decode("utf-8", errors="replace")]  # a plain-text data line
+        if isinstance(obj, dict) and obj.get("error"):
+            raise ReplyError("agent_error", str(obj["error"])[:200])
+        if isinstance(obj, dict) and isinstance(obj.get("choices"), list):
+            text = "".join(
+                (c.get("delta") or c.get("message") or {}).get("content") or ""
+                for c in obj["choices"] if isinstance(c, dict)
+            )
+            return [text] if text else []
+        if h := _handoff_of(obj):
+            self.handoff = h
+        text = _text_of(obj)
+        return [text] if text else []
 
     @staticmethod
     def _is_n8n_line(line: bytes) -> bool:

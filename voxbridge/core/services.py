@@ -7,6 +7,7 @@ no module-level singleton.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ import trio
 
 from ..agents.client import make_http_client
 from ..agents.config import AgentsConfig, load_agents
+from ..agents.health import AgentHealth
 from ..audio.vad import VadFactory
 from ..config import Settings
 from ..store import Store, open_store
@@ -36,15 +38,22 @@ def log_observer(kind: str, fields: dict[str, Any]) -> None:
 
 
 class AgentsHolder:
-    """The live agents config: swapped atomically; a turn keeps the snapshot it started with."""
+    """The live agents config: swapped atomically; a turn keeps the snapshot it started with.
+    Agent health (circuit breakers, concurrency limits) lives here and survives reloads."""
 
     def __init__(self, config: AgentsConfig):
         self.current = config
+        self.health = AgentHealth(config)
+        self.round_robin = itertools.count()
         self.reloads = 0
+        self.reload_failures = 0
+        self.last_error: str | None = None
 
     def swap(self, config: AgentsConfig) -> None:
+        self.health.sync(config)
         self.current = config
         self.reloads += 1
+        self.last_error = None
 
 
 @attrs.define
@@ -85,7 +94,8 @@ async def open_services(settings: Settings, *, agents: AgentsConfig | None = Non
         tts = await create_tts(settings)
     elif tts is False:
         tts = None
-    store = open_store(store_url or settings.store_url)
+    store = await trio.to_thread.run_sync(
+        lambda: open_store(store_url or settings.store_url, settings.store.redis_url, session_ttl_s=settings.store.session_ttl_s))
     http = make_http_client()
     services = Services(
         settings=settings, stt=stt, tts=tts, store=store, http=http, agents=AgentsHolder(agents_cfg),

@@ -41,6 +41,7 @@ class SpeakerInfo:
     user_name: str
     guild_id: str
     channel_id: str
+    roles: frozenset[str] = frozenset()  # the member's role ids (agent and rule scoping)
 
 
 class Decode:

@@ -4,10 +4,12 @@ This is where a transcript becomes a webhook call. Stages and their records:
 
     transcript ready  -> store.begin_turn         (status "transcribed": never lost after this)
     route             -> store.update_turn        (status "routed", decision recorded)
-    call agent        -> clauses -> TTS -> playback, while the answer still streams
+    call agent(s)     -> clauses -> TTS -> playback, while the answer still streams
     answer / failure  -> store.update_turn        (status "answered" | "failed" + reason)
     played            -> store.update_turn        (timings: first frame, interrupted)
 
+`run_turn` is the voice path (decode -> `answer_transcript` -> playback); `voxbridge say` calls
+`answer_transcript` directly, so typed text is routed exactly as speech would be.
 Timings are milliseconds from the moment the utterance ended (the silence threshold expired).
 A cancelled turn (the speaker left, the channel closed) is still closed in the store as failed.
 """
@@ -16,21 +18,27 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
-from ..agents.client import call_agent
+from ..agents.client import AgentAnswer, call_agent
+from ..agents.config import AgentsConfig, AgentSpec
 from ..agents.payload import build_payload
 from ..audio.convert import to_discord_pcm
 from ..audio.segmenter import UtteranceEnded
 from ..errors import AgentError, SttError, TtsError
-from ..routing import RouteContext, Router
+from ..routing import RouteContext, RouteDecision, Router
+from ..stt import Transcript
 from ..tts.splitter import ClauseSplitter
-from .playback import SpokenAnswer
+from .playback import Playback, SpokenAnswer
 from .speaker import Decode, SpeakerInfo
 
 log = logging.getLogger("voxbridge.turn")
+
+OnText = Callable[[str], Awaitable[None]]
 
 
 @attrs.define
@@ -48,39 +56,66 @@ class TurnInfo:
     duration_ms: int
 
 
-class _Speech:
-    """Streams an answer's clauses through TTS into the channel's playback, one turn's worth."""
+@attrs.define
+class TurnOutcome:
+    turn_id: str | None
+    status: str  # answered | failed | dropped
+    decision: RouteDecision | None = None
+    text: str = ""
+    error: str | None = None
+    speech: _Speech | None = None
 
-    def __init__(self, channel, turn_id: str, speaker: SpeakerInfo, ended_at: float, timings: dict):
-        self.channel = channel
-        self.services = channel.services
-        self.answer = SpokenAnswer(turn_id, speaker.user_id, self.services.settings.tts.lookahead_clauses)
+
+class _Speech:
+    """Streams an answer's clauses through TTS into the channel's playback, one turn's worth.
+
+    With no playback (`voxbridge say`), clauses are only split and counted."""
+
+    def __init__(self, services, playback: Playback | None, turn_id: str, speaker: SpeakerInfo, ended_at: float, timings: dict):
+        self.services = services
+        self.playback = playback
+        self.answer = SpokenAnswer(turn_id, speaker.user_id, services.settings.tts.lookahead_clauses)
         self.splitter = ClauseSplitter()
         self.clauses_send, self.clauses_receive = trio.open_memory_channel[str](math.inf)
         self.ended_at = ended_at
         self.timings = timings
         self.enqueued = False
+        self.text_finished = False
+        self.spoken_text = False  # any clause of an agent's answer reached the splitter
         self.tts_errors = 0
 
     def _ms(self) -> int:
         return round((trio.current_time() - self.ended_at) * 1000)
 
     async def on_text(self, text: str) -> None:
+        self.spoken_text = True
         for clause in self.splitter.feed(text):
+            self._clause(clause)
+
+    def say(self, text: str) -> None:
+        """Queue whole sentences (notices, broadcast answers) after what is pending."""
+        for clause in self.splitter.feed(text + "\n"):
             self._clause(clause)
 
     def _clause(self, clause: str) -> None:
         self.timings.setdefault("first_clause_ms", self._ms())
         self.clauses_send.send_nowait(clause)
 
+    def drop_partial(self) -> None:
+        self.splitter.flush()
+
     def finish_text(self) -> None:
+        """No more text for this answer (idempotent): the last clause goes to TTS."""
+        if self.text_finished:
+            return
+        self.text_finished = True
         for clause in self.splitter.flush():
             self._clause(clause)
         self.clauses_send.close()
 
     async def run_tts(self) -> None:
         """Synthesize clause n+1 while clause n plays (bounded by `lookahead_clauses`)."""
-        tts = self.services.tts
+        tts = self.services.tts if self.playback is not None else None
         try:
             async with self.answer.send:
                 async for clause in self.clauses_receive:
@@ -95,7 +130,7 @@ class _Speech:
                         continue  # skip the clause; the rest of the answer still plays
                     self.timings.setdefault("tts_first_audio_ms", self._ms())
                     if not self.enqueued:
-                        self.channel.playback.enqueue(self.answer)
+                        self.playback.enqueue(self.answer)
                         self.enqueued = True
                     await self.answer.send.send(pcm)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -106,10 +141,38 @@ class _Speech:
 
 
 async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, decode: Decode, ended_at: float) -> None:
+    """The voice path: wait for the transcript, answer it, wait until the answer has played."""
     services = channel.services
-    settings = services.settings
-    store = services.store
     timings: dict = {"early_decode": decode.early}
+    try:
+        transcript = await decode.wait()
+    except SttError as exc:
+        start = await services.store.begin_turn({
+            "guild_id": speaker.guild_id, "channel_id": speaker.channel_id, "user_id": speaker.user_id,
+            "user_name": speaker.user_name, "transcript": "", "duration_ms": round(len(utterance.audio) / 16),
+        })
+        await services.store.update_turn(start.turn_id, status="failed", error=f"stt: {exc}", timings=timings)
+        services.counters["turns_failed"] += 1
+        services.emit("turn_failed", turn=start.turn_id, user=speaker.user_name, reason="stt", error=str(exc))
+        return
+    wait_ms = round((decode.finished_at - ended_at) * 1000)
+    timings.update(stt_ms=max(0, wait_ms), stt_ready_ms=wait_ms, stt_decode_ms=round(transcript.timings.get("decode_s", 0) * 1000))
+    channel.turns_in_flight += 1
+    try:
+        await answer_transcript(services, speaker, transcript, ended_at=ended_at, timings=timings, playback=channel.playback)
+    finally:
+        channel.turns_in_flight -= 1
+
+
+async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcript, *, ended_at: float, timings: dict,
+                            playback: Playback | None, on_text: OnText | None = None,
+                            on_decision: Callable[[RouteDecision], None] | None = None) -> TurnOutcome:
+    """Store, route, call the agent(s), speak; the turn row ends answered or failed, always."""
+    store = services.store
+    if transcript.empty:
+        services.counters["stt_dropped"] += 1
+        services.emit("stt_dropped", user=speaker.user_name, reason=transcript.dropped, duration_s=transcript.duration_s)
+        return TurnOutcome(None, "dropped")
     turn: TurnInfo | None = None
     status = "transcribed"
 
@@ -117,25 +180,7 @@ async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, dec
         return round((trio.current_time() - ended_at) * 1000)
 
     try:
-        # 1. Transcript (usually already there: decoding started at silence onset).
-        try:
-            transcript = await decode.wait()
-        except SttError as exc:
-            start = await store.begin_turn({
-                "guild_id": speaker.guild_id, "channel_id": speaker.channel_id, "user_id": speaker.user_id,
-                "user_name": speaker.user_name, "transcript": "", "duration_ms": round(len(utterance.audio) / 16),
-            })
-            await store.update_turn(start.turn_id, status="failed", error=f"stt: {exc}", timings=timings)
-            services.emit("turn_failed", turn=start.turn_id, user=speaker.user_name, reason="stt", error=str(exc))
-            return
-        wait_ms = round((decode.finished_at - ended_at) * 1000)
-        timings.update(stt_ms=max(0, wait_ms), stt_ready_ms=wait_ms, stt_decode_ms=round(transcript.timings.get("decode_s", 0) * 1000))
-        if transcript.empty:
-            services.counters["stt_dropped"] += 1
-            services.emit("stt_dropped", user=speaker.user_name, reason=transcript.dropped, duration_s=transcript.duration_s)
-            return
-
-        # 2. Stored before anything else can fail.
+        # 1. Stored before anything else can fail.
         start = await store.begin_turn({
             "guild_id": speaker.guild_id, "channel_id": speaker.channel_id, "user_id": speaker.user_id,
             "user_name": speaker.user_name, "transcript": transcript.text, "language": transcript.language,
@@ -145,66 +190,77 @@ async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, dec
                         speaker.user_name, speaker.guild_id, speaker.channel_id, transcript.language,
                         transcript.confidence, round(transcript.duration_s * 1000))
         timings["stored_ms"] = ms()
-        channel.turns_in_flight += 1
         services.emit("turn_transcribed", turn=turn.turn_id, number=turn.number, user=speaker.user_name,
-                      text=transcript.text, confidence=transcript.confidence, stt_ms=timings["stt_ms"])
+                      text=transcript.text, confidence=transcript.confidence, stt_ms=timings.get("stt_ms", 0))
 
-        # 3. Route, with the agents config as it is now (a reload mid-turn does not affect us).
-        agents_cfg = services.agents.current
-        decision = Router(agents_cfg).route(RouteContext(transcript.text, speaker.guild_id, speaker.channel_id,
-                                                         speaker.user_id, start.pinned_agent))
-        agent = agents_cfg.get(decision.agent_ids[0])
+        # 2. Route with the agents config as it is now; a reload mid-turn does not affect this turn.
+        agents_cfg: AgentsConfig = services.agents.current
+        health = services.agents.health
+        router = Router(agents_cfg, health.available, classifier=lambda a, text, c: _classify(services, a, text, c),
+                        cursor=services.agents.round_robin)
+        decision = await router.route(RouteContext(transcript.text, speaker.guild_id, speaker.channel_id, speaker.user_id,
+                                                   start.pinned_agent, speaker.roles))
         timings["routed_ms"] = ms()
+        if on_decision:
+            on_decision(decision)
         await store.record_decision({"turn_id": turn.turn_id, "method": decision.method, "rule_id": decision.rule_id,
                                      "agent_ids": list(decision.agent_ids), "latency_ms": decision.latency_ms})
         history = await store.recent_turns(turn.conversation_id, agents_cfg.routing.history_turns)
-        await store.update_turn(turn.turn_id, status="routed", agent_id=agent.id, route_method=decision.method)
+        await store.update_turn(turn.turn_id, status="routed", agent_id=",".join(decision.agent_ids) or None,
+                                route_method=decision.method, rule_id=decision.rule_id)
         status = "routed"
-        services.emit("turn_routed", turn=turn.turn_id, user=speaker.user_name, agent=agent.id, method=decision.method)
+        services.emit("turn_routed", turn=turn.turn_id, user=speaker.user_name, agent=",".join(decision.agent_ids) or "-",
+                      method=decision.method, rule=decision.rule_id, skipped=list(decision.skipped))
 
-        # 4. Call the agent; speak clauses as they stream in.
-        payload = build_payload(text=transcript.text, turn=turn, agent_id=agent.id, previous_turns=history,
-                                streaming=agent.streaming)
-        speech = _Speech(channel, turn.turn_id, speaker, ended_at, timings)
+        # 3. Call the agent(s); speak clauses as they stream in.
+        speech = _Speech(services, playback, turn.turn_id, speaker, ended_at, timings)
+
+        async def text_out(text: str) -> None:
+            await speech.on_text(text)
+            if on_text:
+                await on_text(text)
+
+        def payload_for(agent: AgentSpec) -> dict:
+            return build_payload(text=transcript.text, turn=turn, agent_id=agent.id, previous_turns=history, streaming=agent.streaming)
+
+        outcome = TurnOutcome(turn.turn_id, "failed", decision, speech=speech)
         timings["agent_request_ms"] = ms()
         async with trio.open_nursery() as nursery:  # bounds this turn's TTS task
             nursery.start_soon(speech.run_tts)
             try:
-                answer = await call_agent(agent, payload, services.http, speech.on_text)
-            except AgentError as exc:
-                speech.splitter.flush()
-                notice = settings.agents.failure_notice.format(agent=agent.name) if settings.agents.failure_notice else ""
-                if notice:
-                    await speech.on_text(notice)
+                call = _broadcast if decision.method == "broadcast" else _single
+                answered, error = await call(services, agents_cfg, decision, turn, payload_for, speech, text_out, timings, ms)
+            finally:
                 speech.finish_text()
-                timings["failed_ms"] = ms()
-                await store.update_turn(turn.turn_id, status="failed", error=f"{exc.reason}: {exc.detail}"[:500], timings=timings)
-                status = "failed"
-                services.counters["turns_failed"] += 1
-                services.emit("turn_failed", turn=turn.turn_id, user=speaker.user_name, agent=agent.id,
-                              reason=exc.reason, error=str(exc))
-            else:
-                speech.finish_text()
-                if answer.first_byte_s is not None:
-                    timings["agent_first_byte_ms"] = timings["agent_request_ms"] + round(answer.first_byte_s * 1000)
+            if answered is not None:
+                text, agent_ids, flags = answered
                 timings["agent_done_ms"] = ms()
-                if answer.handoff and agents_cfg.get(answer.handoff):
-                    await store.pin_agent(speaker.guild_id, speaker.user_id, answer.handoff)
-                await store.update_turn(turn.turn_id, status="answered", response=answer.text, timings=timings,
-                                        flags={"attempts": answer.attempts, "handoff": answer.handoff})
+                await store.update_turn(turn.turn_id, status="answered", response=text, agent_id=",".join(agent_ids),
+                                        timings=timings, flags=flags)
                 status = "answered"
+                outcome.status, outcome.text = "answered", text
                 services.counters["turns_answered"] += 1
-                services.emit("turn_answered", turn=turn.turn_id, user=speaker.user_name, agent=agent.id,
-                              text=answer.text, attempts=answer.attempts)
-            # 5. Wait until the answer has been played (or interrupted) to record how it went.
+                services.emit("turn_answered", turn=turn.turn_id, user=speaker.user_name, agent=",".join(agent_ids),
+                              text=text, attempts=flags.get("attempts"))
+            else:
+                timings["failed_ms"] = ms()
+                await store.update_turn(turn.turn_id, status="failed", error=error[:500], timings=timings)
+                status = "failed"
+                outcome.error = error
+                services.counters["turns_failed"] += 1
+                services.emit("turn_failed", turn=turn.turn_id, user=speaker.user_name,
+                              agent=",".join(decision.agent_ids) or "-", reason=error.split(":")[0], error=error)
+            # 4. Wait until the answer has been played (or interrupted) to record how it went.
             await speech.answer.done.wait()
-        if speech.answer.started_at is not None:
-            timings["first_frame_ms"] = round((speech.answer.started_at - ended_at) * 1000)
-        timings["played_frames"] = speech.answer.frames
-        timings["interrupted"] = speech.answer.interrupted
-        await store.update_turn(turn.turn_id, timings=timings)
-        services.emit("turn_played", turn=turn.turn_id, user=speaker.user_name, status=status,
-                      interrupted=speech.answer.interrupted, timings=dict(timings))
+        if playback is not None:
+            if speech.answer.started_at is not None:
+                timings["first_frame_ms"] = round((speech.answer.started_at - ended_at) * 1000)
+            timings["played_frames"] = speech.answer.frames
+            timings["interrupted"] = speech.answer.interrupted
+            await store.update_turn(turn.turn_id, timings=timings)
+            services.emit("turn_played", turn=turn.turn_id, user=speaker.user_name, status=status,
+                          interrupted=speech.answer.interrupted, timings=dict(timings))
+        return outcome
     except BaseException as exc:
         cancelled = _only_cancelled(exc)
         if turn is not None and status not in ("answered", "failed"):
@@ -217,9 +273,119 @@ async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, dec
         # A bug in one turn is logged and counted; the speaker, channel and daemon carry on.
         services.counters["turn_internal_errors"] += 1
         log.exception("event=turn_internal_error user=%s turn=%s", speaker.user_name, turn.turn_id if turn else None)
-    finally:
-        if turn is not None:
-            channel.turns_in_flight -= 1
+        return TurnOutcome(turn.turn_id if turn else None, "failed", error=f"internal error: {type(exc).__name__}")
+
+
+async def _call(services, agent: AgentSpec, payload: dict, on_text: OnText) -> AgentAnswer:
+    """One agent call under its concurrency limit, feeding its circuit breaker."""
+    health = services.agents.health
+    health.on_start(agent)
+    async with health.limiter(agent):
+        try:
+            answer = await call_agent(agent, payload, services.http, on_text)
+        except AgentError:
+            health.record(agent, ok=False)
+            raise
+    health.record(agent, ok=True)
+    return answer
+
+
+def _notice(services, agent: AgentSpec | None) -> str:
+    template = services.settings.agents.failure_notice
+    return template.format(agent=agent.name if agent else "the assistant") if template else ""
+
+
+async def _single(services, cfg, decision, turn: TurnInfo, payload_for, speech: _Speech, text_out, timings, ms):
+    """The chosen agent, then its fallbacks while nothing has been said yet (failover)."""
+    if not decision.agent_ids:
+        if notice := _notice(services, None):
+            speech.say(notice)
+        return None, "no_agent: no agent is available for this guild, role or right now (circuits open)"
+    errors = []
+    candidates = [a for a in (*decision.agent_ids, *decision.fallbacks) if cfg.get(a)]
+    for i, agent_id in enumerate(candidates):
+        agent = cfg.get(agent_id)
+        if i and not services.agents.health.available(agent_id):
+            continue
+        try:
+            answer = await _call(services, agent, payload_for(agent), text_out)
+        except AgentError as exc:
+            errors.append(f"{agent.id}: {exc.reason}" + (f" ({exc.detail})" if exc.detail else ""))
+            if speech.spoken_text:  # the agent started talking: never restart with another agent
+                speech.drop_partial()
+                break
+            if i + 1 < len(candidates):
+                services.emit("agent_failover", agent=agent.id, reason=exc.reason, to=candidates[i + 1])
+            continue
+        if answer.first_byte_s is not None:
+            timings["agent_first_byte_ms"] = timings["agent_request_ms"] + round(answer.first_byte_s * 1000)
+        if answer.handoff and cfg.get(answer.handoff):  # the user's next turns go to that agent
+            await services.store.pin_agent(turn.guild_id, turn.user_id, answer.handoff)
+            services.emit("agent_handoff", user=turn.user_name, frm=agent.id, to=answer.handoff)
+        flags = {"attempts": answer.attempts, "handoff": answer.handoff, "failover_errors": errors}
+        return (answer.text, (agent.id,), flags), None
+    first = cfg.get(decision.agent_ids[0])
+    if notice := _notice(services, first):
+        speech.say(notice)
+    reason = errors[0].split(": ", 1)[1] if errors else "failed"
+    return None, f"{reason}; " + "; ".join(errors) if len(errors) > 1 else reason
+
+
+async def _broadcast(services, cfg, decision, turn: TurnInfo, payload_for, speech: _Speech, text_out, timings, ms):
+    """All agents at once; answers are spoken in the configured order, each once complete."""
+    agents = [cfg.get(a) for a in decision.agent_ids if cfg.get(a)]
+    results: dict[str, AgentAnswer | AgentError] = {}
+    done = {a.id: trio.Event() for a in agents}
+
+    async def one(agent: AgentSpec) -> None:
+        async def quiet(_text: str) -> None:
+            timings.setdefault("agent_first_byte_ms", ms())
+
+        try:
+            results[agent.id] = await _call(services, agent, payload_for(agent), quiet)
+        except AgentError as exc:
+            results[agent.id] = exc
+        finally:
+            done[agent.id].set()
+
+    async with trio.open_nursery() as nursery:  # bounds the broadcast's agent calls
+        for agent in agents:
+            nursery.start_soon(one, agent)
+        for agent in agents:  # deterministic order: as configured, whoever finishes first
+            await done[agent.id].wait()
+            result = results[agent.id]
+            if isinstance(result, AgentAnswer):
+                await text_out(f"{agent.name}: {result.text}\n")
+    answered = {a.id: r for a in agents if isinstance(r := results[a.id], AgentAnswer)}
+    errors = {a.id: f"{r.reason}" for a in agents if isinstance(r := results[a.id], AgentError)}
+    if not answered:
+        if notice := _notice(services, agents[0] if agents else None):
+            speech.say(notice)
+        return None, "all_agents_failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
+    text = "\n".join(f"[{a}] {r.text}" for a, r in answered.items())
+    return (text, tuple(answered), {"broadcast": {a: r.text for a, r in answered.items()}, "errors": errors}), None
+
+
+_ID_TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+async def _classify(services, classifier: AgentSpec, text: str, candidates) -> str | None:
+    """Ask the classifier agent which agent should answer; its reply must name an agent id."""
+    listing = "\n".join(f"- {a.id}: {a.name}. {a.description}" for a in candidates)
+    prompt = (f"Choose the agent that should answer the user's request. Reply with the agent id only.\n"
+              f"Agents:\n{listing}\nRequest: {text}")
+    payload = {"text": prompt, "task": "classify", "candidates": [a.id for a in candidates], "transcript": text}
+    try:
+        answer = await _call(services, classifier, payload, _ignore)
+    except AgentError as exc:
+        log.warning("event=classifier_failed agent=%s reason=%s", classifier.id, exc.reason)
+        return None
+    ids = {a.id for a in candidates}
+    return next((tok for tok in _ID_TOKEN.findall(answer.text.lower()) if tok in ids), None)
+
+
+async def _ignore(_text: str) -> None:
+    return None
 
 
 def _only_cancelled(exc: BaseException) -> bool:

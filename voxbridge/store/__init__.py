@@ -50,6 +50,7 @@ class SyncStore(Protocol):
     def recent_turns(self, conversation_id: str, limit: int) -> list[dict[str, Any]]: ...
     def list_turns(self, limit: int = 100) -> list[dict[str, Any]]: ...
     def record_decision(self, decision: dict[str, Any]) -> None: ...
+    def decisions(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -75,12 +76,30 @@ class Store:
         await trio.to_thread.run_sync(self.backend.close, limiter=self.limiter)
 
 
-def open_store(url: str) -> Store:
-    """`sqlite:///relative/or/absolute.db` (or `sqlite:///:memory:`)."""
+def open_store(url: str, redis_url: str = "", *, session_ttl_s: int = 300) -> Store:
+    """`sqlite:///path.db` (relative) or `sqlite:////abs/path.db`, `postgresql://user@host/db`;
+    `redis_url` (`redis://host:6379/0`) adds the shared cache/lock/broadcast layer."""
+    from ..errors import ConfigError
+
     if url.startswith("sqlite://"):
         from .sqlite import SqliteStore
 
-        return Store(SqliteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:"))
-    from ..errors import ConfigError
+        backend: SyncStore = SqliteStore(url.removeprefix("sqlite://").removeprefix("/") or ":memory:")
+    elif url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
 
-    raise ConfigError("[store].url", "unsupported store URL scheme; use sqlite:///path/to/voxbridge.db")
+        try:
+            backend = PostgresStore(url)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError("[store].url", f"cannot connect to PostgreSQL ({type(exc).__name__}); check host, port, database and credentials") from None
+    else:
+        raise ConfigError("[store].url", "unsupported store URL; use sqlite:///path/to/voxbridge.db or postgresql://user@host:5432/db")
+    if redis_url:
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("[store].redis_url", "must start with redis://, rediss:// or unix://")
+        from .redis_layer import RedisLayer
+
+        backend = RedisLayer(backend, redis_url, session_ttl_s=session_ttl_s)
+    return Store(backend)

@@ -1,0 +1,67 @@
+"""PostgreSQL backend: psycopg 3 with a connection pool; schema migrations in code, idempotent."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from ..errors import ConfigError
+from .sql import SqlStore
+
+# Each migration runs once, in order, recorded in voxbridge_schema (safe for several instances
+# starting at once: the whole migration runs under an advisory lock).
+MIGRATIONS = [
+    """
+    create table if not exists sessions (
+        guild_id text not null, user_id text not null, conversation_id text not null,
+        session_id text not null, agent_id text, turn_count integer not null default 0,
+        created_at text not null, updated_at text not null, primary key (guild_id, user_id));
+    create table if not exists turns (
+        id text primary key, conversation_id text, session_id text, guild_id text, channel_id text,
+        user_id text, user_name text, number integer, transcript text, response text, agent_id text,
+        status text, error text, route_method text, rule_id text, language text,
+        confidence double precision, duration_ms integer, timings text, flags text,
+        created_at text, updated_at text);
+    create index if not exists turns_conversation on turns (conversation_id, number);
+    create index if not exists turns_created on turns (created_at);
+    create table if not exists routing_decisions (
+        turn_id text primary key, method text, rule_id text, agent_ids text,
+        latency_ms double precision, created_at text);
+    """,
+]
+
+
+class PostgresStore(SqlStore):
+    placeholder = "%s"
+
+    def __init__(self, url: str, pool_size: int = 4):
+        try:
+            import psycopg  # noqa: F401
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise ConfigError("[store].url", "PostgreSQL needs the `postgres` extra: pip install 'voxbridge[postgres]'") from None
+        self.max_concurrency = pool_size
+        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
+                                   kwargs={"autocommit": False, "connect_timeout": 5})
+        self.pool.wait(timeout=10)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            cur.execute("select pg_advisory_xact_lock(7745627)")  # 'vbx' migrations lock
+            cur.execute("create table if not exists voxbridge_schema (version integer primary key, applied_at timestamptz default now())")
+            cur.execute("select coalesce(max(version), 0) from voxbridge_schema")
+            current = cur.fetchone()[0]
+            for version, sql in enumerate(MIGRATIONS, 1):
+                if version > current:
+                    cur.execute(sql)
+                    cur.execute("insert into voxbridge_schema (version) values (%s)", (version,))
+            conn.commit()
+
+    @contextmanager
+    def _transaction(self, write: bool = False):
+        with self.pool.connection() as conn:  # commits on success, rolls back on error
+            with conn.cursor() as cur:
+                yield cur
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,179 @@
+"""The store's logic in portable SQL, shared by the SQLite and PostgreSQL backends.
+
+Backends supply a connection per transaction (`_transaction`), their placeholder style and
+their schema bootstrap; everything a turn or session does is written once, here. Statements are
+written with `?` placeholders and rewritten for drivers that use `%s`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from . import SessionRecord, TurnStart
+
+JSON_FIELDS = ("timings", "agent_ids", "flags")
+TURN_COLUMNS = (
+    "id", "conversation_id", "session_id", "guild_id", "channel_id", "user_id", "user_name", "number",
+    "transcript", "response", "agent_id", "status", "error", "route_method", "rule_id", "language",
+    "confidence", "duration_ms", "timings", "flags", "created_at", "updated_at",
+)
+DECISION_COLUMNS = ("turn_id", "method", "rule_id", "agent_ids", "latency_ms", "created_at")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def encode(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in JSON_FIELDS:
+        if key in out and not isinstance(out[key], (str, type(None))):
+            out[key] = json.dumps(out[key], sort_keys=True)
+    return out
+
+
+def decode(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in JSON_FIELDS:
+        if isinstance(out.get(key), str):
+            try:
+                out[key] = json.loads(out[key])
+            except ValueError:
+                pass
+    return out
+
+
+class SqlStore:
+    placeholder = "?"
+    max_concurrency = 1
+
+    # --- backend hooks -------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self, write: bool = False):
+        """Yield a DB-API cursor inside one transaction (committed on success)."""
+        raise NotImplementedError
+        yield
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- helpers -------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _exec(self, cur, sql: str, params=()) -> None:
+        cur.execute(self._sql(sql), params)
+
+    def _all(self, cur, sql: str, params=()) -> list[dict[str, Any]]:
+        cur.execute(self._sql(sql), params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def _one(self, cur, sql: str, params=()) -> dict[str, Any] | None:
+        rows = self._all(cur, sql, params)
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _to_session(row: dict) -> SessionRecord:
+        return SessionRecord(row["guild_id"], row["user_id"], row["conversation_id"], row["session_id"],
+                             row["agent_id"], row["turn_count"] or 0)
+
+    def _ensure_session(self, cur, guild_id: str, user_id: str) -> None:
+        self._exec(cur, "insert into sessions (guild_id, user_id, conversation_id, session_id, agent_id, turn_count,"
+                        " created_at, updated_at) values (?, ?, ?, ?, null, 0, ?, ?) on conflict (guild_id, user_id) do nothing",
+                   (guild_id, user_id, str(uuid.uuid4()), f"{guild_id}:{user_id}:{uuid.uuid4().hex[:8]}", now_iso(), now_iso()))
+
+    def _session_row(self, cur, guild_id: str, user_id: str) -> dict:
+        return self._one(cur, "select * from sessions where guild_id = ? and user_id = ?", (guild_id, user_id))
+
+    # --- the Store interface -------------------------------------------------------------
+    def session(self, guild_id: str, user_id: str) -> SessionRecord:
+        with self._transaction(write=True) as cur:
+            self._ensure_session(cur, guild_id, user_id)
+            return self._to_session(self._session_row(cur, guild_id, user_id))
+
+    def new_conversation(self, guild_id: str, user_id: str) -> SessionRecord:
+        """`/session new`: a fresh conversation id (history starts over); the pinned agent stays."""
+        with self._transaction(write=True) as cur:
+            self._ensure_session(cur, guild_id, user_id)
+            self._exec(cur, "update sessions set conversation_id = ?, session_id = ?, turn_count = 0, updated_at = ?"
+                            " where guild_id = ? and user_id = ?",
+                       (str(uuid.uuid4()), f"{guild_id}:{user_id}:{uuid.uuid4().hex[:8]}", now_iso(), guild_id, user_id))
+            return self._to_session(self._session_row(cur, guild_id, user_id))
+
+    def pin_agent(self, guild_id: str, user_id: str, agent_id: str | None) -> None:
+        with self._transaction(write=True) as cur:
+            self._ensure_session(cur, guild_id, user_id)
+            self._exec(cur, "update sessions set agent_id = ?, updated_at = ? where guild_id = ? and user_id = ?",
+                       (agent_id, now_iso(), guild_id, user_id))
+
+    def begin_turn(self, turn: dict[str, Any]) -> TurnStart:
+        """Insert a transcribed turn, numbered within the speaker's conversation, atomically."""
+        with self._transaction(write=True) as cur:
+            self._ensure_session(cur, turn["guild_id"], turn["user_id"])
+            row = self._one(cur, "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
+                                 " returning conversation_id, session_id, agent_id, turn_count",
+                            (now_iso(), turn["guild_id"], turn["user_id"]))
+            record = {k: v for k, v in turn.items() if k in TURN_COLUMNS}
+            record.setdefault("id", str(uuid.uuid4()))
+            record.update(conversation_id=row["conversation_id"], session_id=row["session_id"], number=row["turn_count"],
+                          status="transcribed", created_at=now_iso(), updated_at=now_iso())
+            record = encode(record)
+            cols = list(record)
+            self._exec(cur, f"insert into turns ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                       tuple(record[c] for c in cols))
+        return TurnStart(record["id"], row["turn_count"], row["conversation_id"], row["session_id"], row["agent_id"])
+
+    def update_turn(self, turn_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(TURN_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown turn fields: {sorted(unknown)}")
+        fields["updated_at"] = now_iso()
+        fields = encode(fields)
+        with self._transaction(write=True) as cur:
+            self._exec(cur, f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?", (*fields.values(), turn_id))
+
+    def get_turn(self, turn_id: str) -> dict[str, Any] | None:
+        with self._transaction() as cur:
+            row = self._one(cur, "select * from turns where id = ?", (turn_id,))
+        return decode(row) if row else None
+
+    def recent_turns(self, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` answered turns of a conversation, oldest first (for the payload)."""
+        with self._transaction() as cur:
+            rows = self._all(cur, "select * from turns where conversation_id = ? and status = 'answered'"
+                                  " order by number desc limit ?", (conversation_id, limit))
+        return [decode(r) for r in reversed(rows)]
+
+    def list_turns(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
+        """Turns oldest first, optionally filtered by equality on columns (user_id=..., status=...)."""
+        bad = set(where) - set(TURN_COLUMNS)
+        if bad:
+            raise ValueError(f"unknown turn fields: {sorted(bad)}")
+        clause = (" where " + " and ".join(f"{k} = ?" for k in where)) if where else ""
+        with self._transaction() as cur:
+            rows = self._all(cur, f"select * from turns{clause} order by created_at, number limit ?", (*where.values(), limit))
+        return [decode(r) for r in rows]
+
+    def record_decision(self, decision: dict[str, Any]) -> None:
+        row = encode({k: v for k, v in decision.items() if k in DECISION_COLUMNS})
+        row.setdefault("created_at", now_iso())
+        cols = list(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "turn_id")
+        with self._transaction(write=True) as cur:
+            self._exec(cur, f"insert into routing_decisions ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})"
+                            f" on conflict (turn_id) do update set {updates}", tuple(row[c] for c in cols))
+
+    def decisions(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
+        """Routing decisions, newest last; filter by method=, rule_id=, turn_id=."""
+        bad = set(where) - set(DECISION_COLUMNS)
+        if bad:
+            raise ValueError(f"unknown decision fields: {sorted(bad)}")
+        clause = (" where " + " and ".join(f"{k} = ?" for k in where)) if where else ""
+        with self._transaction() as cur:
+            rows = self._all(cur, f"select * from routing_decisions{clause} order by created_at limit ?", (*where.values(), limit))
+        return [decode(r) for r in rows]
