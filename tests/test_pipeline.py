@@ -75,21 +75,26 @@ async def test_turn_is_stored_before_routing_and_agent_failure_is_recorded(setti
 
     async def handler(req, resp):
         payload = req.json()
-        seen_rows.append(await services.store.get_turn(payload["turnId"]))  # exists before the call
+        seen_rows.append((payload["agentId"], await services.store.get_turn(payload["turnId"])))  # exists before the call
         await resp.respond(500, {"error": "boom"})
 
     url = await agent_server(handler)
-    async with open_services(settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper,
+    cfg = load_agents(settings.agents.file)
+    cfg = cfg.with_urls({a.id: f"{url}/webhook/{a.id}" for a in cfg.agents})
+    async with open_services(settings, agents=cfg, stt=stt, tts=piper,
                              observer=lambda k, f: events.append((k, f))) as services:
         channel = await nursery.start((await _channel(services)).run)
         h = channel.add_speaker("u1", "alice")
         await _feed(h, piper_speech(piper, "Please check my order status."))
         await h.finished.wait()
         turns = await services.store.list_turns()
-    assert len(seen_rows) == 3  # first try + 2 retries, all after the turn was stored
-    assert seen_rows[0]["status"] == "routed" and wer("Please check my order status.", seen_rows[0]["transcript"]) <= 0.25
+    # general (default): first try + 2 retries, then failover to tech: 3 more; all after the turn was stored
+    assert [a for a, _ in seen_rows] == ["general"] * 3 + ["tech"] * 3
+    row = seen_rows[0][1]
+    assert row["status"] == "routed" and wer("Please check my order status.", row["transcript"]) <= 0.25
     [turn] = turns
     assert turn["status"] == "failed" and turn["error"].startswith("http_500")
+    assert "general: http_500" in turn["error"] and "tech: http_500" in turn["error"]
     assert turn["timings"]["played_frames"] > 0  # the spoken failure notice
     assert any(k == "turn_failed" for k, _ in events)
     channel.close()

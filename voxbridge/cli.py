@@ -1,4 +1,4 @@
-"""`voxbridge` command line: simulate, transcribe, check, config."""
+"""`voxbridge` command line: simulate, say, transcribe, check, config."""
 
 from __future__ import annotations
 
@@ -87,10 +87,52 @@ def cmd_check(args) -> int:
     settings = _settings(args)
     agents = load_agents(settings.agents.file)
     print(f"{args.config or 'settings'}: ok")
-    print(f"{agents.source}: ok (version {agents.version}); default agent {agents.routing.default_agent!r}")
+    r = agents.routing
+    print(f"{agents.source}: ok (version {agents.version}); strategy {r.strategy}, default agent {r.default_agent!r}, "
+          f"{len(agents.rules)} rule(s)")
     for a in agents.agents:
-        print(f"  - {a.id:<16} {a.kind:<8} {redact_url(a.url)}  {a.name}")
-    return 0
+        print(f"  agent {a.id:<16} {a.kind:<8} {redact_url(a.url)}  {a.name}")
+    for rule in agents.rules:
+        print(f"  rule  {rule.id:<16} priority {rule.priority:<4} -> {', '.join(rule.agents)}")
+    if not args.reach:
+        return 0
+    results = trio.run(_reach, agents)
+    bad = 0
+    for agent_id, ok, detail in results:
+        bad += not ok
+        print(f"  reach {agent_id:<16} {'ok  ' if ok else 'FAIL'} {detail}")
+    return 1 if bad else 0
+
+
+async def _reach(agents):
+    """Probe each agent without triggering it: an OPTIONS request (n8n answers CORS preflights)."""
+    import httpx
+
+    from .agents.client import make_http_client
+
+    results = []
+    async with make_http_client() as http:
+        for a in agents.agents:
+            t0 = time.perf_counter()
+            try:
+                resp = await http.request("OPTIONS", a.url, timeout=a.connect_timeout_s + 2, headers=a.headers)
+                ms = (time.perf_counter() - t0) * 1000
+                ok = resp.status_code < 500 and resp.status_code != 404
+                hint = " (is the webhook active/registered?)" if resp.status_code == 404 else ""
+                results.append((a.id, ok, f"HTTP {resp.status_code} in {ms:.0f} ms{hint}"))
+            except httpx.HTTPError as exc:
+                results.append((a.id, False, f"{type(exc).__name__}: cannot reach the host"))
+    return results
+
+
+def cmd_say(args) -> int:
+    from .say import say
+
+    settings = _settings(args)
+    roles = frozenset(r for r in (args.roles or "").split(",") if r)
+    return trio.run(lambda: say(settings, " ".join(args.text), user=args.user, guild=args.guild, channel=args.channel,
+                                roles=roles, demo_agents=args.demo_agents, speak=Path(args.speak) if args.speak else None,
+                                store_url=args.store))
 
 
 def cmd_config(args) -> int:
@@ -133,7 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate settings and agents.toml")
     c.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
+    c.add_argument("--reach", action="store_true", help="also probe each agent's URL (HTTP OPTIONS; nothing is triggered)")
     c.set_defaults(func=cmd_check)
+
+    y = sub.add_parser("say", help="route typed text exactly as speech would be; print the decision and the streamed answer")
+    y.add_argument("text", nargs="+")
+    y.add_argument("--user", default="cli-user", help="user id (sessions and history are per guild and user)")
+    y.add_argument("--guild", default="cli-guild")
+    y.add_argument("--channel", default="cli-channel")
+    y.add_argument("--roles", default="", help="comma-separated role ids of the member (agent/rule scoping)")
+    y.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
+    y.add_argument("--store", default=None, help="store URL (default: [store].url)")
+    y.add_argument("--demo-agents", action="store_true", help="answer from the built-in demo webhooks")
+    y.add_argument("--speak", metavar="OUT.wav", help="also synthesize the answer to a WAV file")
+    y.set_defaults(func=cmd_say)
 
     g = sub.add_parser("config", help="print the effective settings")
     g.add_argument("--explain", action="store_true", help="every setting with its default, meaning and environment variable")

@@ -6,7 +6,8 @@ Tiers, as in a call centre (direct assignment -> rules -> fallback):
 2. rule       `[[rules]]` by priority: keywords, regex, guild, channel, user, role
    keyword    (content_based) agents whose `keywords` occur in the transcript, by priority
    classifier (content_based + `classifier_agent`) an agent that answers with an agent id
-3. fallback   `default_agent` (user_preference, content_based), or the strategy's own choice:
+3. fallback   `default_agent`, then other eligible agents by priority (user_preference,
+              content_based), or the strategy's own choice:
    round_robin (spread over eligible agents) or broadcast (all eligible agents at once)
 
 An agent is eligible when the guild and the member's roles allow it and its circuit is not
@@ -113,10 +114,10 @@ class Router:
             return RouteDecision("broadcast", tuple(ids), skipped=skip)
         if strategy == "round_robin":
             return single("round_robin", ids[next(self._rr) % len(ids)])
-        if cfg.routing.default_agent in ids:
-            return single("fallback", cfg.routing.default_agent)
-        by_priority = sorted(eligible, key=lambda a: -a.priority)
-        return single("fallback", by_priority[0].id, preferred=tuple(a.id for a in by_priority))
+        # Fallback: the default agent, then (failed or circuit open) other eligible agents by priority.
+        by_priority = tuple(a.id for a in sorted(eligible, key=lambda a: -a.priority))
+        first = cfg.routing.default_agent if cfg.routing.default_agent in ids else by_priority[0]
+        return single("fallback", first, preferred=by_priority)
 
     @staticmethod
     def _matches(rule: Rule, ctx: RouteContext, words: set[str], text_lower: str) -> bool:

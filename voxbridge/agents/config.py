@@ -221,11 +221,26 @@ def _table(raw: Any, cls, where_of, name: str, env: dict[str, str], *, skip=(), 
 _NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
 
 
+_QUANTIFIED_GROUP = re.compile(r"\((?:\?:)?([^()]*)\)\s*(?:[*+]|\{\d*,)")
+
+
+def _overlapping_alternation(pattern: str) -> bool:
+    """A repeated group whose alternatives can start alike, e.g. (x|xx)* or (.|a)+."""
+    for m in _QUANTIFIED_GROUP.finditer(pattern):
+        alternatives = m.group(1).split("|")
+        if len(alternatives) < 2:
+            continue
+        firsts = [a[:1] for a in alternatives]
+        if any(f in (".", "\\", "[", "") for f in firsts) or len(set(f.lower() for f in firsts)) < len(firsts):
+            return True
+    return False
+
+
 def compile_rule_regex(pattern: str, where: str, key: str) -> re.Pattern:
     if len(pattern) > MAX_REGEX_LEN:
         raise ConfigError(where, f"{key}: regex longer than {MAX_REGEX_LEN} characters")
-    if _NESTED_QUANTIFIER.search(pattern) or re.search(r"\\[1-9]", pattern):
-        raise ConfigError(where, f"{key}: nested quantifiers or backreferences can backtrack without bound on a long transcript; simplify the pattern")
+    if _NESTED_QUANTIFIER.search(pattern) or re.search(r"\\[1-9]", pattern) or _overlapping_alternation(pattern):
+        raise ConfigError(where, f"{key}: nested quantifiers, overlapping repeated alternatives or backreferences can backtrack without bound on a long transcript; simplify the pattern")
     try:
         return re.compile(pattern, re.IGNORECASE)
     except re.error as exc:

@@ -59,7 +59,7 @@ class AgentsHolder:
 @attrs.define
 class Services:
     settings: Settings
-    stt: SttEngine
+    stt: SttEngine | None
     tts: TtsEngine | None
     store: Store
     http: httpx.AsyncClient
@@ -90,6 +90,8 @@ async def open_services(settings: Settings, *, agents: AgentsConfig | None = Non
     own_stt = stt is None
     if stt is None:
         stt = await create_stt(settings)
+    elif stt is False:  # text only (voxbridge say): no model to load
+        stt, own_stt = None, False
     if tts is True:
         tts = await create_tts(settings)
     elif tts is False:

@@ -22,6 +22,7 @@ import numpy as np
 import trio
 
 from ..agents.config import load_agents
+from ..agents.reloader import AgentsReloader
 from ..audio import DISCORD_RATE, FRAME_BYTES, FRAME_MS
 from ..audio.convert import split_frames, to_discord_pcm
 from ..audio.wav import read_wav_mono, write_wav
@@ -154,10 +155,15 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             observer(kind, fields)
 
     async with trio.open_nursery() as root:  # bounds the demo agents, the clock and the channel
+        transform = None
         if demo_agents:
             demo = DemoAgents()
             await root.start(demo.serve)
-            agents = agents.with_urls({a.id: demo.url(a.id) for a in agents.agents})
+
+            def transform(cfg):  # every agent, also after a reload, answers from the demo server
+                return cfg.with_urls({a.id: demo.url(a.id) for a in cfg.agents})
+
+            agents = transform(agents)
         async with open_services(settings, agents=agents, observer=observe, stt=stt,
                                  tts=tts if tts is not None else True,
                                  store_url=store_url or f"sqlite:///{out_dir / 'voxbridge.db'}") as services:
@@ -170,6 +176,8 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             else:
                 sink = PlayerBuffer(capacity_frames=max(1, settings.playback.buffer_ms // FRAME_MS))
                 root.start_soon(_player_clock, sink, output)
+            reloader = AgentsReloader(settings.agents.file, services.agents, transform=transform)
+            await root.start(reloader.run)  # edits to agents.toml (or SIGHUP) apply mid-run
             channel = await root.start(ChannelSession(services, "sim-guild", "sim-channel", sink).run)
             total_frames = sum(len(a) // FRAME_BYTES for a in audio.values())
             fed = [0]
