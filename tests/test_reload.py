@@ -90,3 +90,27 @@ async def test_turns_in_flight_keep_their_config_while_files_change(settings, tm
     assert results["first"].status == "answered" and rows["alice"]["agent_id"] == "general"
     assert results["second"].status == "answered" and rows["bob"]["agent_id"] == "tech"
     assert services.agents.current.routing.default_agent == "tech"
+
+
+async def test_reload_is_broadcast_to_other_instances(tmp_path, nursery, redis_url):
+    import uuid
+
+    from voxbridge.store.redis_layer import RedisLayer
+    from voxbridge.store.sqlite import SqliteStore
+
+    prefix = f"vbxtest:{uuid.uuid4().hex[:8]}:"
+    path_a, path_b = tmp_path / "a.toml", tmp_path / "b.toml"
+    agents_file(path_a, "http://127.0.0.1:9")
+    agents_file(path_b, "http://127.0.0.1:9")
+    a = AgentsHolder(load_agents(path_a))
+    b = AgentsHolder(load_agents(path_b))
+    ra = AgentsReloader(path_a, a, poll_s=3600, broadcaster=RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), instance="A")
+    rb = AgentsReloader(path_b, b, poll_s=3600, broadcaster=RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), instance="B")
+    await nursery.start(lambda task_status: ra.run(sighup=False, task_status=task_status))
+    await nursery.start(lambda task_status: rb.run(sighup=False, task_status=task_status))
+    await trio.sleep(0.2)
+    agents_file(path_a, "http://127.0.0.1:9", default="tech")  # config management updated both hosts,
+    agents_file(path_b, "http://127.0.0.1:9", default="tech")  # but only A was told to reload
+    assert await ra.reload_now("sighup")
+    await wait_for(lambda: b.current.routing.default_agent == "tech")
+    assert b.reloads == 1

@@ -55,6 +55,8 @@ async def test_history_is_limited_to_last_n(store):
         conv = t.conversation_id
         await store.update_turn(t.turn_id, status="answered", response=f"a{i}")
     assert [t["transcript"] for t in await store.recent_turns(conv, 3)] == ["q4", "q5", "q6"]
+    nxt = await store.begin_turn(T(text="q7"), history=3)  # history in the same transaction
+    assert [t["transcript"] for t in nxt.history] == ["q4", "q5", "q6"]
 
 
 async def test_session_new_and_pinning(store):
@@ -95,9 +97,12 @@ async def test_concurrent_turns_get_distinct_numbers(store):
 
 async def test_decisions_are_recorded_and_queryable(store):
     t = await store.begin_turn(T())
-    await store.record_decision({"turn_id": t.turn_id, "method": "rule", "rule_id": "code", "agent_ids": ["tech"], "latency_ms": 0.2})
+    await store.mark_routed(t.turn_id, {"turn_id": t.turn_id, "method": "rule", "rule_id": "code", "agent_ids": ["tech"], "latency_ms": 0.2},
+                            agent_id="tech", route_method="rule", rule_id="code")
     u = await store.begin_turn(T())
-    await store.record_decision({"turn_id": u.turn_id, "method": "fallback", "rule_id": None, "agent_ids": ["general"], "latency_ms": 0.1})
+    await store.mark_routed(u.turn_id, {"turn_id": u.turn_id, "method": "fallback", "rule_id": None, "agent_ids": ["general"], "latency_ms": 0.1})
+    row = await store.get_turn(t.turn_id)
+    assert (row["status"], row["agent_id"], row["route_method"], row["rule_id"]) == ("routed", "tech", "rule", "code")
     [d] = await store.decisions(method="rule")
     assert d["turn_id"] == t.turn_id and d["agent_ids"] == ["tech"] and d["rule_id"] == "code"
     assert len(await store.decisions()) == 2

@@ -8,8 +8,11 @@ serving. Reading and parsing run in a worker thread.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,12 +26,14 @@ log = logging.getLogger("voxbridge.reload")
 
 class AgentsReloader:
     def __init__(self, path: str | Path, holder, *, transform: Callable[[AgentsConfig], AgentsConfig] | None = None,
-                 poll_s: float = 1.0, on_reload: Callable[[AgentsConfig], None] | None = None):
+                 poll_s: float = 1.0, broadcaster=None, instance: str | None = None):
         self.path = Path(path)
         self.holder = holder
         self.transform = transform or (lambda cfg: cfg)
         self.poll_s = poll_s
-        self.on_reload = on_reload
+        # Redis layer (or None): a reload here is announced; one announced elsewhere re-reads here.
+        self.broadcaster = broadcaster
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self._digest: str | None = None
         self._lock = trio.Lock()
 
@@ -61,8 +66,8 @@ class AgentsReloader:
             self.holder.swap(cfg)
             log.info("event=agents_reloaded reason=%s version=%s agents=%s rules=%d reloads=%d",
                      reason, cfg.version, ",".join(a.id for a in cfg.agents), len(cfg.rules), self.holder.reloads)
-            if self.on_reload:
-                self.on_reload(cfg)
+            if self.broadcaster is not None and reason != "broadcast":
+                await trio.to_thread.run_sync(self.broadcaster.publish_reload, cfg.version, self.instance)
             return True
 
     def _reject(self, reason: str, exc: ConfigError) -> None:
@@ -91,9 +96,34 @@ class AgentsReloader:
             async for _ in signals:
                 await self.reload_now("sighup")
 
+    async def listen_broadcasts(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Re-read the file when another instance announces a reload (Redis pub/sub)."""
+        pubsub = await trio.to_thread.run_sync(self.broadcaster.reload_messages)
+        task_status.started()
+        try:
+            while True:
+                msg = await trio.to_thread.run_sync(lambda: pubsub.get_message(timeout=1.0), abandon_on_cancel=True)
+                if not msg:
+                    continue
+                try:
+                    info = json.loads(msg["data"])
+                except (ValueError, TypeError):
+                    continue
+                if info.get("instance") != self.instance:
+                    log.info("event=agents_reload_announced by=%s version=%s", info.get("instance"), info.get("version"))
+                    await self.reload_now("broadcast")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(pubsub.close)
+
     async def run(self, *, sighup: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:  # bounds the watcher and the signal listener
+        async with trio.open_nursery() as nursery:  # bounds the watcher, signal and broadcast listeners
             if sighup:
                 await nursery.start(self.on_sighup)
+            if self.broadcaster is not None:
+                try:
+                    await nursery.start(self.listen_broadcasts)
+                except Exception as exc:  # Redis down: local reloads still work
+                    log.warning("event=reload_broadcast_unavailable error=%s", type(exc).__name__)
             nursery.start_soon(self.watch)
             task_status.started()

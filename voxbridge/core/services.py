@@ -69,6 +69,13 @@ class Services:
     observer: Observer = log_observer
     counters: collections.Counter = attrs.field(factory=collections.Counter)
 
+    @property
+    def broadcaster(self):
+        """The Redis layer when configured (reload broadcast, voice ownership), else None."""
+        from ..store.redis_layer import RedisLayer
+
+        return self.store.backend if isinstance(self.store.backend, RedisLayer) else None
+
     def emit(self, kind: str, **fields: Any) -> None:
         self.counters[f"event.{kind}"] += 1
         try:

@@ -185,7 +185,7 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
             "guild_id": speaker.guild_id, "channel_id": speaker.channel_id, "user_id": speaker.user_id,
             "user_name": speaker.user_name, "transcript": transcript.text, "language": transcript.language,
             "confidence": transcript.confidence, "duration_ms": round(transcript.duration_s * 1000), "timings": timings,
-        })
+        }, history=services.agents.current.routing.history_turns)
         turn = TurnInfo(start.turn_id, start.number, start.conversation_id, start.session_id, speaker.user_id,
                         speaker.user_name, speaker.guild_id, speaker.channel_id, transcript.language,
                         transcript.confidence, round(transcript.duration_s * 1000))
@@ -203,11 +203,10 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
         timings["routed_ms"] = ms()
         if on_decision:
             on_decision(decision)
-        await store.record_decision({"turn_id": turn.turn_id, "method": decision.method, "rule_id": decision.rule_id,
-                                     "agent_ids": list(decision.agent_ids), "latency_ms": decision.latency_ms})
-        history = await store.recent_turns(turn.conversation_id, agents_cfg.routing.history_turns)
-        await store.update_turn(turn.turn_id, status="routed", agent_id=",".join(decision.agent_ids) or None,
-                                route_method=decision.method, rule_id=decision.rule_id)
+        history = list(start.history)
+        await store.mark_routed(turn.turn_id, {"turn_id": turn.turn_id, "method": decision.method, "rule_id": decision.rule_id,
+                                               "agent_ids": list(decision.agent_ids), "latency_ms": decision.latency_ms},
+                                agent_id=",".join(decision.agent_ids) or None, route_method=decision.method, rule_id=decision.rule_id)
         status = "routed"
         services.emit("turn_routed", turn=turn.turn_id, user=speaker.user_name, agent=",".join(decision.agent_ids) or "-",
                       method=decision.method, rule=decision.rule_id, skipped=list(decision.skipped))

@@ -176,7 +176,8 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             else:
                 sink = PlayerBuffer(capacity_frames=max(1, settings.playback.buffer_ms // FRAME_MS))
                 root.start_soon(_player_clock, sink, output)
-            reloader = AgentsReloader(settings.agents.file, services.agents, transform=transform)
+            reloader = AgentsReloader(settings.agents.file, services.agents, transform=transform,
+                                      broadcaster=services.broadcaster)
             await root.start(reloader.run)  # edits to agents.toml (or SIGHUP) apply mid-run
             channel = await root.start(ChannelSession(services, "sim-guild", "sim-channel", sink).run)
             total_frames = sum(len(a) // FRAME_BYTES for a in audio.values())

@@ -87,8 +87,8 @@ class RedisLayer:
         self.inner.pin_agent(guild_id, user_id, agent_id)
         self._forget(guild_id, user_id)
 
-    def begin_turn(self, turn: dict[str, Any]):
-        start = self.inner.begin_turn(turn)
+    def begin_turn(self, turn: dict[str, Any], history: int = 0):
+        start = self.inner.begin_turn(turn, history)
         self._forget(turn["guild_id"], turn["user_id"])
         return start
 

@@ -111,8 +111,9 @@ class SqlStore:
             self._exec(cur, "update sessions set agent_id = ?, updated_at = ? where guild_id = ? and user_id = ?",
                        (agent_id, now_iso(), guild_id, user_id))
 
-    def begin_turn(self, turn: dict[str, Any]) -> TurnStart:
-        """Insert a transcribed turn, numbered within the speaker's conversation, atomically."""
+    def begin_turn(self, turn: dict[str, Any], history: int = 0) -> TurnStart:
+        """Insert a transcribed turn, numbered within the speaker's conversation, atomically;
+        with `history`, the conversation's last answered turns come back in the same transaction."""
         with self._transaction(write=True) as cur:
             self._ensure_session(cur, turn["guild_id"], turn["user_id"])
             row = self._one(cur, "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
@@ -126,7 +127,26 @@ class SqlStore:
             cols = list(record)
             self._exec(cur, f"insert into turns ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
                        tuple(record[c] for c in cols))
-        return TurnStart(record["id"], row["turn_count"], row["conversation_id"], row["session_id"], row["agent_id"])
+            previous = self._recent(cur, row["conversation_id"], history) if history else []
+        return TurnStart(record["id"], row["turn_count"], row["conversation_id"], row["session_id"], row["agent_id"],
+                         tuple(previous))
+
+    def mark_routed(self, turn_id: str, decision: dict[str, Any], **fields: Any) -> None:
+        """Record the routing decision and set the turn `routed`, in one transaction."""
+        row = encode({k: v for k, v in decision.items() if k in DECISION_COLUMNS})
+        row.setdefault("created_at", now_iso())
+        cols = list(row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "turn_id")
+        fields = encode({**fields, "status": "routed", "updated_at": now_iso()})
+        with self._transaction(write=True) as cur:
+            self._exec(cur, f"insert into routing_decisions ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})"
+                            f" on conflict (turn_id) do update set {updates}", tuple(row[c] for c in cols))
+            self._exec(cur, f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?", (*fields.values(), turn_id))
+
+    def _recent(self, cur, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = self._all(cur, "select * from turns where conversation_id = ? and status = 'answered'"
+                              " order by number desc limit ?", (conversation_id, limit))
+        return [decode(r) for r in reversed(rows)]
 
     def update_turn(self, turn_id: str, **fields: Any) -> None:
         unknown = set(fields) - set(TURN_COLUMNS)
@@ -145,9 +165,7 @@ class SqlStore:
     def recent_turns(self, conversation_id: str, limit: int) -> list[dict[str, Any]]:
         """The last `limit` answered turns of a conversation, oldest first (for the payload)."""
         with self._transaction() as cur:
-            rows = self._all(cur, "select * from turns where conversation_id = ? and status = 'answered'"
-                                  " order by number desc limit ?", (conversation_id, limit))
-        return [decode(r) for r in reversed(rows)]
+            return self._recent(cur, conversation_id, limit)
 
     def list_turns(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
         """Turns oldest first, optionally filtered by equality on columns (user_id=..., status=...)."""
@@ -158,15 +176,6 @@ class SqlStore:
         with self._transaction() as cur:
             rows = self._all(cur, f"select * from turns{clause} order by created_at, number limit ?", (*where.values(), limit))
         return [decode(r) for r in rows]
-
-    def record_decision(self, decision: dict[str, Any]) -> None:
-        row = encode({k: v for k, v in decision.items() if k in DECISION_COLUMNS})
-        row.setdefault("created_at", now_iso())
-        cols = list(row)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "turn_id")
-        with self._transaction(write=True) as cur:
-            self._exec(cur, f"insert into routing_decisions ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})"
-                            f" on conflict (turn_id) do update set {updates}", tuple(row[c] for c in cols))
 
     def decisions(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
         """Routing decisions, newest last; filter by method=, rule_id=, turn_id=."""

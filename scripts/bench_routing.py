@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Routing overhead: transcript ready -> first byte of the agent request on the wire.
+
+VoxBridge's path per turn: store the turn, route, record the decision, load the last 5 turns
+of history, mark it routed, build the payload, POST. Measured for the SQLite and PostgreSQL
+stores, each against a bare `httpx` POST of the same payload to the same server in the same
+run (the floor). The server is a plain socket server in its own thread that timestamps the
+first byte of each request (perf_counter, same process clock). Prints a table, writes JSON;
+asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import attrs
+import numpy as np
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from voxbridge.agents.client import make_http_client  # noqa: E402
+from voxbridge.agents.config import parse_agents  # noqa: E402
+from voxbridge.config import load_settings  # noqa: E402
+from voxbridge.core.services import open_services  # noqa: E402
+from voxbridge.core.speaker import SpeakerInfo  # noqa: E402
+from voxbridge.core.turn import answer_transcript  # noqa: E402
+from voxbridge.stt import Transcript  # noqa: E402
+
+RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{"output": "Fine."}\n'
+
+
+class FirstByteServer:
+    """Keep-alive HTTP/1.1 on a thread; records when each request's first byte arrives."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.arrivals: list[float] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            conn, _ = self.sock.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if not buf:
+                self.arrivals.append(time.perf_counter())
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+                if len(rest) < length:
+                    break
+                buf = rest[length:]
+                conn.sendall(RESPONSE)
+                if buf:
+                    self.arrivals.append(time.perf_counter())
+
+
+def pct(v, q):
+    return float(np.percentile(v, q))
+
+
+async def measure_voxbridge(settings, store_url, server, n, warm):
+    cfg = parse_agents(f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:{server.port}/webhook/general"\n'
+                       f'retries = 0\n[routing]\nhistory_turns = 5\n', "bench.toml", env={})
+    spk = SpeakerInfo("bench-user", "bench", "bench-guild", "bench-channel")
+    latencies = []
+    async with open_services(settings, agents=cfg, stt=False, tts=False, store_url=store_url,
+                             observer=lambda k, f: None) as services:
+        for i in range(warm + n):
+            tr = Transcript(text=f"What is the status of order number {i}?", language="en", confidence=0.9, duration_s=2.0)
+            before = len(server.arrivals)
+            t0 = time.perf_counter()
+            out = await answer_transcript(services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None)
+            assert out.status == "answered", out
+            if i >= warm:
+                latencies.append((server.arrivals[before] - t0) * 1000)
+        last = await services.store.get_turn(out.turn_id)
+        history = len(await services.store.recent_turns(last["conversation_id"], 5))  # what each payload carried
+    return latencies, history
+
+
+async def measure_bare(server, n, warm, payload):
+    latencies = []
+    body = json.dumps(payload).encode()
+    async with make_http_client() as http:
+        for i in range(warm + n):
+            before = len(server.arrivals)
+            t0 = time.perf_counter()
+            r = await http.post(f"http://127.0.0.1:{server.port}/webhook/general", content=body,
+                                headers={"content-type": "application/json"})
+            assert r.status_code == 200
+            if i >= warm:
+                latencies.append((server.arrivals[before] - t0) * 1000)
+    return latencies
+
+
+def example_payload():
+    return {"text": "What is the status of order number 7?", "userId": "bench-user", "userName": "bench",
+            "guildId": "bench-guild", "channelId": "bench-channel", "conversationId": str(uuid.uuid4()),
+            "sessionId": "s", "agentId": "general", "turnId": str(uuid.uuid4()), "turnNumber": 7,
+            "timestamp": "2026-01-01T00:00:00.000+00:00", "useStreaming": True,
+            "context": {"previousTurns": [{"transcript": f"question {i}", "response": "Fine.", "turnNumber": i, "agentId": "general"} for i in range(5)],
+                        "userPreferences": {}},
+            "stt": {"language": "en", "confidence": 0.9, "durationMs": 2000}}
+
+
+async def main_async(args):
+    settings = load_settings(env={})
+    settings = attrs.evolve(settings, agents=attrs.evolve(settings.agents, failure_notice=""))
+    server = FirstByteServer()
+    results = []
+    pg_admin = os.environ.get("VOXBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = [("sqlite", f"sqlite:///{tmp}/bench.db")]
+        pg_db = None
+        if not args.no_postgres:
+            import psycopg
+
+            pg_db = f"voxbridge_bench_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(pg_admin, autocommit=True) as conn:
+                conn.execute(f'create database "{pg_db}"')
+            backends.append(("postgres", pg_admin.rpartition("/")[0] + f"/{pg_db}"))
+        try:
+            for rnd in range(args.rounds):  # interleave, so machine noise hits every variant alike
+                for name, url in backends:
+                    lat, history = await measure_voxbridge(settings, url, server, args.turns, args.warmup if rnd == 0 else 0)
+                    results.append(("voxbridge/" + name, lat, history))
+                    bare = await measure_bare(server, args.turns, args.warmup if rnd == 0 else 0, example_payload())
+                    results.append(("bare httpx (paired with " + name + ")", bare, 5))
+        finally:
+            if pg_db:
+                import psycopg
+
+                with psycopg.connect(pg_admin, autocommit=True) as conn:
+                    conn.execute(f'drop database if exists "{pg_db}" with (force)')
+    merged: dict[str, list[float]] = {}
+    for name, lat, _ in results:
+        merged.setdefault(name, []).extend(lat)
+    bare_all = [x for k, v in merged.items() if k.startswith("bare") for x in v]
+    b50, b99 = pct(bare_all, 50), pct(bare_all, 99)
+    rows = []
+    for name, lat in merged.items():
+        rows.append({"variant": name, "n": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+                     "mean_ms": statistics.mean(lat), "p50_ratio_to_bare": pct(lat, 50) / b50, "p99_ratio_to_bare": pct(lat, 99) / b99})
+    header = f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'p99 x bare':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['variant']:<36} {r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ratio_to_bare']:>10.2f} {r['p99_ratio_to_bare']:>10.2f}")
+    print("\ntranscript ready -> first byte of the request at the agent server; 5 history turns in every payload;")
+    print("bare httpx = the same payload POSTed directly (ratios against all bare runs pooled)")
+    out = Path(args.out)
+    await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
+    await trio.to_thread.run_sync(out.write_text, json.dumps({"turns_per_round": args.turns, "rounds": args.rounds, "rows": rows,
+                                                              "raw_ms": merged}, indent=2))
+    print(f"\nJSON: {out}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--turns", type=int, default=200, help="measured turns per variant per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--out", default="bench-out/bench_routing.json")
+    trio.run(main_async, p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
