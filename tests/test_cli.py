@@ -74,3 +74,9 @@ def test_simulate_cli_end_to_end(tmp_path):
     assert "2 turns (2 answered)" in r.stdout
     assert "route → tech (rule)" in r.stdout and "route → general (fallback)" in r.stdout
     assert (out / "channel.wav").stat().st_size > 48000 * 4 and (out / "log.json").exists()
+
+
+def test_run_without_a_token_says_how_to_provide_one(tmp_path):
+    r = vbx("run", env={"DISCORD_TOKEN": "", "CREDENTIALS_DIRECTORY": ""}, timeout=60)
+    assert r.returncode == 2
+    assert "no Discord bot token" in r.stderr and "DISCORD_TOKEN" in r.stderr

@@ -1,4 +1,4 @@
-"""`voxbridge` command line: simulate, say, transcribe, check, config."""
+"""`voxbridge` command line: run, simulate, say, transcribe, check, config."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ def cmd_simulate(args) -> int:
     print(f"channel audio: {result.out_wav}\nlog:           {result.log_json}")
     failed = statuses.get("failed", 0)
     return 1 if failed and args.strict else 0
+
+
+def cmd_run(args) -> int:
+    from .discord.adapter import run_daemon
+
+    return run_daemon(_settings(args))
 
 
 def cmd_transcribe(args) -> int:
@@ -154,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="settings file (voxbridge.toml); default: built-in defaults, or $VOXBRIDGE_CONFIG")
     p.add_argument("--log-level", default=None, help="override [log].level")
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="the daemon: join Discord voice channels and answer (token: $DISCORD_TOKEN, [discord].token_file or systemd credentials)")
+    r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("simulate", help="a local voice channel, full pipeline, no Discord token")
     s.add_argument("--say", action="append", metavar="NAME[@OFFSET]:TEXT", help="a speaker line synthesized with Piper (repeatable; same NAME = same speaker)")

@@ -118,6 +118,16 @@ class AgentsSettings:
 
 
 @attrs.frozen
+class DiscordSettings:
+    token_file: str = _field("", "File holding the bot token (else $DISCORD_TOKEN, else $CREDENTIALS_DIRECTORY/discord-token from systemd's LoadCredential=). The token is never logged.")
+    auto_join: tuple[str, ...] = _field((), "Voice channels to join at start, as \"GUILD_ID:CHANNEL_ID\" (env: comma-separated).")
+    follow_users: tuple[str, ...] = _field((), "User ids to follow: when one joins a voice channel, the bot joins it too (if it is free in that guild).")
+    join_roles: tuple[str, ...] = _field((), "Role ids allowed to use /join and /leave; empty: anyone who may connect to the channel.")
+    alone_timeout_s: float = _field(60.0, "Leave a channel after being the only member (bots aside) for this long.", _positive)
+    sync_commands: bool = _field(True, "Register the slash commands with Discord at start.")
+
+
+@attrs.frozen
 class LogSettings:
     level: str = _field("info", "debug, info, warning or error.", _one_of("debug", "info", "warning", "error"))
     format: str = _field("kv", "kv (key=value lines) or json.", _one_of("kv", "json"))
@@ -133,6 +143,7 @@ class Settings:
     playback: PlaybackSettings = attrs.field(factory=PlaybackSettings)
     store: StoreSettings = attrs.field(factory=StoreSettings)
     agents: AgentsSettings = attrs.field(factory=AgentsSettings)
+    discord: DiscordSettings = attrs.field(factory=DiscordSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
 
     @property
@@ -153,6 +164,12 @@ def _resolve_types(cls) -> dict[str, Any]:
 
 def _coerce(value: Any, typ: Any, where: str, from_env: bool) -> Any:
     """Convert a TOML or environment value to the field's type, or explain why not."""
+    if typing.get_origin(typ) is tuple:
+        if from_env and isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return tuple(str(v) for v in value)
+        raise ConfigError(where, f"expected a list of strings, got {value!r}")
     if isinstance(typ, types.UnionType):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     if typ is bool:

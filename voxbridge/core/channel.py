@@ -93,11 +93,12 @@ class ChannelSession:
         if self._scope is not None:
             self._scope.cancel()
 
-    def add_speaker(self, user_id: str, user_name: str = "") -> SpeakerHandle:
+    def add_speaker(self, user_id: str, user_name: str = "", roles: frozenset[str] = frozenset()) -> SpeakerHandle:
         if user_id in self.speakers:
             return self.speakers[user_id]
         assert self._nursery is not None, "ChannelSession.run must be started first"
-        info = SpeakerInfo(user_id=user_id, user_name=user_name or user_id, guild_id=self.guild_id, channel_id=self.channel_id)
+        info = SpeakerInfo(user_id=user_id, user_name=user_name or user_id, guild_id=self.guild_id,
+                           channel_id=self.channel_id, roles=roles)
         send, receive = trio.open_memory_channel[bytes](self.services.settings.audio.frame_queue)
         session = SpeakerSession(self, info, receive)
         handle = SpeakerHandle(info, session, trio.CancelScope(), send, receive, trio.lowlevel.current_trio_token())

@@ -43,12 +43,18 @@ class PlayerBuffer:
         self.last_read_monotonic = 0.0
 
     def read(self) -> bytes:
+        """The next frame, or silence on underrun."""
+        frame = self.read_frame()
+        return SILENT_FRAME if frame is None else frame
+
+    def read_frame(self) -> bytes | None:
+        """The next frame, or None on underrun (the caller decides: silence, or end playback)."""
         with self._lock:
             frame = self._frames.popleft() if self._frames else None
         self.last_read_monotonic = time.monotonic()
         if frame is None:
             self.underruns += 1
-            return SILENT_FRAME
+            return None
         self.frames_read += 1
         try:
             self._token.run_sync_soon(self._wake)

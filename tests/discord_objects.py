@@ -1,0 +1,117 @@
+"""Real py-cord objects built offline from Discord payloads (no network, no token)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import discord
+
+ROLE_FIELDS = {"color": 0, "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+               "hoist": False, "managed": False, "mentionable": False, "permissions": "0"}
+GUILD_ID, VOICE_ID, BOT_ID = 100, 200, 999
+
+
+def user_payload(uid: int, name: str) -> dict:
+    return {"id": str(uid), "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None}
+
+
+def member_payload(uid: int, name: str, roles: list[str]) -> dict:
+    return {"user": user_payload(uid, name), "roles": roles, "joined_at": "2026-01-01T00:00:00+00:00",
+            "deaf": False, "mute": False}
+
+
+def offline_bot(bot: discord.Bot | None = None):
+    """A Bot whose ConnectionState knows one guild with a voice channel, and itself."""
+    bot = bot or discord.Bot(intents=discord.Intents.default())
+    state = bot._connection
+    state.user = discord.ClientUser(state=state, data={**user_payload(BOT_ID, "voxbridge"), "bot": True})
+    state._add_guild_from_data({
+        "id": str(GUILD_ID), "name": "Test Guild", "owner_id": "1", "emojis": [], "stickers": [], "features": [],
+        "premium_tier": 0, "member_count": 3, "members": [], "voice_states": [],
+        "roles": [{"id": str(GUILD_ID), "name": "@everyone", "position": 0, **ROLE_FIELDS},
+                  {"id": "7", "name": "member", "position": 1, **ROLE_FIELDS},
+                  {"id": "8", "name": "staff", "position": 2, **ROLE_FIELDS}],
+        "channels": [{"id": str(VOICE_ID), "type": 2, "name": "Voice", "position": 0, "permission_overwrites": [],
+                      "bitrate": 64000, "user_limit": 0}],
+    })
+    return bot, bot.get_guild(GUILD_ID)
+
+
+def member(guild: discord.Guild, uid: int, name: str, roles=("7",)) -> discord.Member:
+    state = guild._state
+    return guild._get_and_update_member(member_payload(uid, name, list(roles)), uid, state.member_cache_flags.interaction)
+
+
+def command_context(bot, uid: int, name: str, roles=("7",), options=None, command="agent") -> discord.ApplicationContext:
+    """An ApplicationContext built from an interaction payload, with `respond` recorded."""
+    interaction = discord.Interaction(data={
+        "id": "1", "application_id": "9", "type": 2, "token": "interaction-token", "version": 1,
+        "guild_id": str(GUILD_ID), "channel_id": str(VOICE_ID),
+        "member": {**member_payload(uid, name, list(roles)), "permissions": str(1 << 20)},
+        "data": {"id": "5", "name": command, "type": 1, "options": options or []},
+    }, state=bot._connection)
+    response = RecordingResponse(interaction)
+    interaction._cs_response = response  # py-cord caches Interaction.response in this slot
+    ctx = discord.ApplicationContext(bot, interaction)
+    ctx.replies = response.records
+    return ctx
+
+
+class RecordingResponse(discord.InteractionResponse):
+    """py-cord's InteractionResponse with only the HTTP sends replaced by recording: the real
+    `ctx.respond()` / `ctx.defer()` / autocomplete code paths run up to the wire."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, parent):
+        super().__init__(parent)
+        self.records = []
+
+    async def send_message(self, content=None, **kwargs):
+        self.records.append({"content": content, **kwargs})
+
+    async def defer(self, **kwargs):
+        self.records.append({"deferred": True, **kwargs})
+
+    async def send_autocomplete_result(self, *, choices):
+        self.records.append({"choices": [c.name for c in choices]})
+
+
+class ThreadedVoiceClient:
+    """Stands in for discord.VoiceClient's threads only: `play()` starts a player thread that
+    calls `source.read()` every 20 ms exactly like py-cord's AudioPlayer, until it returns b""."""
+
+    def __init__(self):
+        self.sink = None
+        self.output: list[bytes] = []
+        self.plays = 0
+        self._thread: threading.Thread | None = None
+
+    def is_connected(self):
+        return True
+
+    def is_playing(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def start_recording(self, sink):
+        self.sink = sink
+
+    def is_recording(self):
+        return self.sink is not None
+
+    def play(self, source):
+        self.plays += 1
+
+        def run():
+            start, n = time.perf_counter(), 0
+            while True:
+                data = source.read()
+                if not data:
+                    return
+                self.output.append(data)
+                n += 1
+                time.sleep(max(0, start + n * 0.02 - time.perf_counter()))
+
+        self._thread = threading.Thread(target=run, daemon=True, name="audio-player")
+        self._thread.start()

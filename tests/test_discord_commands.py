@@ -1,0 +1,173 @@
+"""Slash commands invoked with py-cord's own objects (ApplicationContext from an interaction
+payload, AutocompleteContext), through the real Control and store; replies are ephemeral."""
+
+import attrs
+import discord
+import trio
+
+from voxbridge.agents.config import parse_agents
+from voxbridge.core.control import Control
+from voxbridge.core.services import open_services
+from voxbridge.discord.adapter import Bridge, VoxApp, build_commands, run_guest
+
+from .discord_objects import RecordingResponse, command_context, offline_bot
+
+AGENTS = """
+[[agents]]
+id = "general"
+name = "General Assistant"
+description = "Everyday questions"
+kind = "n8n"
+url = "http://127.0.0.1:9/g"
+
+[[agents]]
+id = "tech"
+name = "Tech Support"
+kind = "n8n"
+url = "http://127.0.0.1:9/t"
+
+[[agents]]
+id = "staff-only"
+name = "Staff Desk"
+kind = "n8n"
+url = "http://127.0.0.1:9/s"
+allowed_roles = ["8"]
+"""
+
+
+def with_app(settings, body):
+    async def main(loop):
+        async with trio.open_nursery() as nursery:
+            cfg = parse_agents(AGENTS, "agents.toml", env={})
+            async with open_services(settings, agents=cfg, stt=False, tts=False) as services:
+                bot, guild = offline_bot()
+                app = VoxApp(settings, Control(services, nursery), Bridge(loop, trio.lowlevel.current_trio_token(), nursery), bot)
+                cmds = {c.name: c for c in build_commands(app)}
+                sub = {f"{g.name} {c.name}": c for g in cmds.values() if isinstance(g, discord.SlashCommandGroup) for c in g.subcommands}
+                result = await body(app, bot, {**cmds, **sub}, services)
+            nursery.cancel_scope.cancel()
+            return result
+
+    return run_guest(main)
+
+
+def test_agent_list_select_info_clear(settings):
+    async def body(app, bot, cmd, services):
+        out = {}
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["agent list"](ctx))
+        out["list"] = ctx.replies[-1]
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["agent select"](ctx, "Tech Support"))  # by name or id
+        out["select"] = ctx.replies[-1]
+        out["pinned"] = (await services.store.session(str(100), "11")).agent_id
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["agent select"](ctx, "staff-only"))  # alice lacks role 8
+        out["denied"] = ctx.replies[-1]
+        staff = command_context(bot, 12, "bob", roles=("7", "8"))
+        await app.bridge.aio(cmd["agent select"](staff, "staff-only"))
+        out["staff"] = staff.replies[-1]
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["agent info"](ctx, "general"))
+        out["info"] = ctx.replies[-1]
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["agent clear"](ctx))
+        out["cleared"] = (await services.store.session(str(100), "11")).agent_id
+        return out
+
+    out = with_app(settings, body)
+    assert out["list"]["ephemeral"] is True
+    names = [f.name for f in out["list"]["embed"].fields]
+    assert names == ["General Assistant (general)", "Tech Support (tech)"]  # no staff-only agent for alice
+    assert out["select"]["ephemeral"] and out["select"]["embed"].title == "You are talking to Tech Support"
+    assert out["pinned"] == "tech"
+    assert out["denied"]["embed"].title == "Agent not changed" and "not available" in out["denied"]["embed"].description
+    assert out["staff"]["embed"].title == "You are talking to Staff Desk"
+    assert out["info"]["embed"].title == "General Assistant" and out["info"]["embed"].fields[2].value == "closed"
+    assert out["cleared"] is None
+
+
+def test_autocomplete_comes_from_the_live_registry(settings):
+    async def body(app, bot, cmd, services):
+        group = cmd["agent"]
+        interaction = discord.Interaction(data={
+            "id": "2", "application_id": "9", "type": 4, "token": "t", "version": 1, "guild_id": "100", "channel_id": "200",
+            "member": {"user": {"id": "11", "username": "alice", "discriminator": "0", "global_name": "Alice", "avatar": None},
+                       "roles": ["7"], "joined_at": "2026-01-01T00:00:00+00:00", "deaf": False, "mute": False, "permissions": "0"},
+            "data": {"id": "5", "name": "agent", "type": 1,
+                     "options": [{"name": "select", "type": 1, "options": [{"name": "name", "type": 3, "value": "te", "focused": True}]}]},
+        }, state=bot._connection)
+        response = RecordingResponse(interaction)
+        interaction._cs_response = response
+        await app.bridge.aio(group.invoke_autocomplete_callback(discord.AutocompleteContext(bot, interaction)))
+        # the registry changes (a reload): autocomplete follows at once
+        services.agents.swap(parse_agents(AGENTS.replace('id = "tech"', 'id = "techno"'), "agents.toml", env={}))
+        interaction.data = {"id": "5", "name": "agent", "type": 1,
+                            "options": [{"name": "select", "type": 1, "options": [{"name": "name", "type": 3, "value": "te", "focused": True}]}]}
+        await app.bridge.aio(group.invoke_autocomplete_callback(discord.AutocompleteContext(bot, interaction)))
+        return [r["choices"] for r in response.records]
+
+    assert with_app(settings, body) == [["tech"], ["techno"]]
+
+
+def test_session_info_and_new(settings):
+    async def body(app, bot, cmd, services):
+        await services.store.begin_turn({"guild_id": "100", "user_id": "11", "channel_id": "200", "transcript": "hi"})
+        a = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["session info"](a))
+        b = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["session new"](b))
+        return a.replies[-1]["embed"], b.replies[-1]["embed"]
+
+    info, new = with_app(settings, body)
+    fields = {f.name: f.value for f in info.fields}
+    new_fields = {f.name: f.value for f in new.fields}
+    assert fields["turns"] == "1" and new_fields["turns"] == "0"
+    assert fields["conversation"] != new_fields["conversation"]
+
+
+def test_join_and_leave_permissions_and_status(settings):
+    settings = attrs.evolve(settings, discord=attrs.evolve(settings.discord, join_roles=("8",)))
+
+    async def body(app, bot, cmd, services):
+        out = {}
+        ctx = command_context(bot, 11, "alice")  # not in a voice channel
+        await app.bridge.aio(cmd["join"](ctx))
+        out["no_voice"] = ctx.replies[-1]["embed"].title
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["leave"](ctx))  # lacks join role 8
+        out["leave_denied"] = ctx.replies[-1]["embed"].title
+        ctx = command_context(bot, 12, "bob", roles=("7", "8"))
+        await app.bridge.aio(cmd["leave"](ctx))
+        out["leave_ok"] = ctx.replies[-1]["embed"].title
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["voxbridge status"](ctx))
+        out["status"] = {f.name: f.value for f in ctx.replies[-1]["embed"].fields}
+        out["ephemeral"] = ctx.replies[-1]["ephemeral"]
+        return out
+
+    out = with_app(settings, body)
+    assert out["no_voice"] == "Join a voice channel first"
+    assert out["leave_denied"] == "Not allowed"
+    assert out["leave_ok"] == "I was not in a voice channel"
+    assert out["status"]["voice"] == "not in a voice channel" and "general (closed)" in out["status"]["agents"]
+    assert out["ephemeral"] is True
+
+
+def test_token_resolution_never_shows_the_token(settings, tmp_path):
+    import pytest
+
+    from voxbridge.discord.adapter import resolve_token
+    from voxbridge.errors import ConfigError
+
+    assert resolve_token(settings, env={"DISCORD_TOKEN": "abc.def\n"}) == "abc.def"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "discord-token").write_text("from-systemd\n")
+    assert resolve_token(settings, env={"CREDENTIALS_DIRECTORY": str(creds)}) == "from-systemd"
+    f = tmp_path / "token"
+    f.write_text("from-file")
+    s2 = attrs.evolve(settings, discord=attrs.evolve(settings.discord, token_file=str(f)))
+    assert resolve_token(s2, env={}) == "from-file"
+    with pytest.raises(ConfigError, match="no Discord bot token"):
+        resolve_token(settings, env={})
