@@ -171,3 +171,49 @@ def test_token_resolution_never_shows_the_token(settings, tmp_path):
     assert resolve_token(s2, env={}) == "from-file"
     with pytest.raises(ConfigError, match="no Discord bot token"):
         resolve_token(settings, env={})
+
+
+def test_readme_invite_url_asks_for_exactly_the_voice_permissions():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    perms = int(re.search(r"scope=bot%20applications\.commands&permissions=(\d+)", text).group(1))
+    expected = discord.Permissions(view_channel=True, connect=True, speak=True, use_voice_activation=True)
+    assert perms == expected.value
+
+
+def test_member_leaving_the_channel_cancels_their_speaker_and_follow_joins(settings):
+    from voxbridge.core.playback import CollectSink
+
+    from .discord_objects import GUILD_ID, VOICE_ID, member
+
+    settings = attrs.evolve(settings, discord=attrs.evolve(settings.discord, follow_users=("13",)))
+
+    async def body(app, bot, cmd, services):
+        guild = bot.get_guild(GUILD_ID)
+        voice = guild.get_channel(VOICE_ID)
+        channel = await app.control.join(str(GUILD_ID), str(VOICE_ID), CollectSink())
+        alice = member(guild, 11, "alice")
+        handle = channel.add_speaker("11", "alice")
+        data = {"channel_id": str(VOICE_ID), "session_id": "s", "deaf": False, "mute": False, "self_deaf": False,
+                "self_mute": False, "self_video": False, "suppress": False, "request_to_speak_timestamp": None}
+        inside = discord.VoiceState(data=data, channel=voice)
+        outside = discord.VoiceState(data={**data, "channel_id": None}, channel=None)
+        await app.bridge.aio(app.on_voice_state_update(alice, inside, outside))
+        with trio.fail_after(5):
+            await handle.finished.wait()  # alice's SpeakerSession (and its turns) ended
+        joined = []
+
+        async def record_join(ch):
+            joined.append(ch.id)
+
+        app.join_voice = record_join
+        await app.control.leave(str(GUILD_ID))
+        carol = member(guild, 13, "carol")
+        await app.bridge.aio(app.on_voice_state_update(carol, outside, inside))  # a followed user joins voice
+        return "11" in channel.speakers, joined
+
+    still_there, joined = with_app(settings, body)
+    assert still_there is False
+    assert joined == [VOICE_ID]
