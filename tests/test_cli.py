@@ -80,3 +80,15 @@ def test_run_without_a_token_says_how_to_provide_one(tmp_path):
     r = vbx("run", env={"DISCORD_TOKEN": "", "CREDENTIALS_DIRECTORY": ""}, timeout=60)
     assert r.returncode == 2
     assert "no Discord bot token" in r.stderr and "DISCORD_TOKEN" in r.stderr
+
+
+def test_asyncio_lives_only_in_the_discord_adapter():
+    import re
+
+    offenders = []
+    for path in (ROOT / "voxbridge").rglob("*.py"):
+        if path.name == "adapter.py" and path.parent.name == "discord":
+            continue
+        if re.search(r"^\s*(import asyncio|from asyncio\b)", path.read_text(), re.M):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

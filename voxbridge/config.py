@@ -58,7 +58,7 @@ class GeneralSettings:
 @attrs.frozen
 class AudioSettings:
     frame_queue: int = _field(100, "Frames (20 ms each) buffered per speaker before the oldest are dropped (counted).", _positive)
-    gap_fill_ms: int = _field(120, "Discord sends nothing during silence: after this long without frames, the speaker is fed silence so utterances end.", _positive)
+    gap_fill_ms: int = _field(200, "Discord sends nothing during silence: after this long without frames, the speaker is fed the silence it missed, so utterances end (200 ms = py-cord's own speaking-stop gap; lower values turn network jitter into silence mid-word).", _positive)
 
 
 @attrs.frozen

@@ -63,6 +63,10 @@ class SpeakerHandle:
         """From trio, waiting for room (no frame is ever dropped)."""
         await self._send.send(frame)
 
+    @property
+    def queued(self) -> int:
+        return self._receive.statistics().current_buffer_used
+
     async def finish(self) -> None:
         """End of this speaker's audio: an open utterance is closed and still answered."""
         await self._send.aclose()

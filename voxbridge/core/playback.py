@@ -157,6 +157,10 @@ class Playback:
         return stopped
 
     @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
     def busy(self) -> bool:
         return self.current is not None or bool(self._queue)
 

@@ -1,0 +1,1 @@
+"""Operating the daemon: control API, metrics, systemd notification."""
