@@ -54,9 +54,14 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    settings = _settings(args)
+    if args.no_discord or not settings.daemon.discord:
+        from .daemon import run_local
+
+        return run_local(settings)
     from .discord.adapter import run_daemon
 
-    return run_daemon(_settings(args))
+    return run_daemon(settings)
 
 
 def cmd_transcribe(args) -> int:
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="the daemon: join Discord voice channels and answer (token: $DISCORD_TOKEN, [discord].token_file or systemd credentials)")
+    r.add_argument("--no-discord", action="store_true", help="no Discord: control API and simulated voice channels only")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("simulate", help="a local voice channel, full pipeline, no Discord token")
@@ -216,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                 level, fmt = s.log.level, s.log.format
             except ConfigError:
                 level = "info"
-        setup_logging(level if args.command != "simulate" else ("warning" if level == "info" else level), fmt)
+        levels = ()
+        try:
+            levels = _settings(args).log.levels
+        except ConfigError:
+            pass
+        setup_logging(level if args.command not in ("simulate", "say") else ("warning" if level == "info" else level), fmt, levels=levels)
         return args.func(args)
     except ConfigError as exc:
         print(f"voxbridge: configuration error: {exc}", file=sys.stderr)

@@ -128,9 +128,26 @@ class DiscordSettings:
 
 
 @attrs.frozen
+class ApiSettings:
+    enabled: bool = _field(True, "Serve the control API (health, status, metrics, voice, reload).")
+    host: str = _field("127.0.0.1", "Bind address. Keep it on loopback unless a reverse proxy with TLS is in front.")
+    port: int = _field(4900, "TCP port (0 = any free port, logged at start).", _non_negative)
+    token_file: str = _field("", "File holding the bearer token for mutating endpoints and /status details (else $VOXBRIDGE_API_TOKEN, else $CREDENTIALS_DIRECTORY/api-token). Without a token those endpoints answer 403.")
+    max_body_bytes: int = _field(65536, "Largest request body accepted.", _positive)
+
+
+@attrs.frozen
+class DaemonSettings:
+    discord: bool = _field(True, "Connect to Discord (false: API and simulated voice channels only; `voxbridge run --no-discord`).")
+    shutdown_grace_s: float = _field(20.0, "On SIGTERM, how long turns in flight may take to finish before they are cancelled.", _positive)
+    recordings: bool = _field(True, "Simulated channels (no Discord) write what they played to <state_dir>/recordings/ on leave.")
+
+
+@attrs.frozen
 class LogSettings:
     level: str = _field("info", "debug, info, warning or error.", _one_of("debug", "info", "warning", "error"))
     format: str = _field("kv", "kv (key=value lines) or json.", _one_of("kv", "json"))
+    levels: tuple[str, ...] = _field((), "Per-module levels, e.g. [\"voxbridge.stt=debug\", \"discord=warning\"] (env: comma-separated).")
 
 
 @attrs.frozen
@@ -144,6 +161,8 @@ class Settings:
     store: StoreSettings = attrs.field(factory=StoreSettings)
     agents: AgentsSettings = attrs.field(factory=AgentsSettings)
     discord: DiscordSettings = attrs.field(factory=DiscordSettings)
+    api: ApiSettings = attrs.field(factory=ApiSettings)
+    daemon: DaemonSettings = attrs.field(factory=DaemonSettings)
     log: LogSettings = attrs.field(factory=LogSettings)
 
     @property
@@ -278,6 +297,10 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     vad = settings.vad
     if vad.early_ms and vad.tail_ms > vad.early_ms:
         raise ConfigError(f"{source}: [vad].tail_ms", f"must be <= early_ms ({vad.early_ms}) so the early decode sees the same audio as the final one")
+    for i, spec in enumerate(settings.log.levels):
+        name, _, level = spec.partition("=")
+        if not name or level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"{source}: [log].levels[{i}]", f"expected \"logger=level\" with level debug|info|warning|error, got {spec!r}")
     if vad.early_ms >= vad.silence_ms:
         raise ConfigError(f"{source}: [vad].early_ms", f"must be < silence_ms ({vad.silence_ms})")
     return settings

@@ -32,11 +32,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def setup_logging(level: str = "info", fmt: str = "kv", stream=sys.stderr) -> None:
+def setup_logging(level: str = "info", fmt: str = "kv", stream=sys.stderr, levels: tuple[str, ...] = ()) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KvFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "faster_whisper", "piper"):
+    for noisy in ("httpx", "httpcore", "faster_whisper", "piper", "discord"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for spec in levels:  # "voxbridge.stt=debug": per-module levels win
+        name, _, lvl = spec.partition("=")
+        logging.getLogger(name.strip()).setLevel(lvl.strip().upper())

@@ -82,6 +82,7 @@ class ChannelSession:
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.turns_in_flight = 0
+        self.accepting = True  # False once shutdown began: no new speakers, no new audio
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve the channel until `close()` or cancellation."""
@@ -97,9 +98,11 @@ class ChannelSession:
         if self._scope is not None:
             self._scope.cancel()
 
-    def add_speaker(self, user_id: str, user_name: str = "", roles: frozenset[str] = frozenset()) -> SpeakerHandle:
+    def add_speaker(self, user_id: str, user_name: str = "", roles: frozenset[str] = frozenset()) -> SpeakerHandle | None:
         if user_id in self.speakers:
             return self.speakers[user_id]
+        if not self.accepting:
+            return None
         assert self._nursery is not None, "ChannelSession.run must be started first"
         info = SpeakerInfo(user_id=user_id, user_name=user_name or user_id, guild_id=self.guild_id,
                            channel_id=self.channel_id, roles=roles)
@@ -119,6 +122,19 @@ class ChannelSession:
             if self.speakers.get(handle.info.user_id) is handle:
                 del self.speakers[handle.info.user_id]
             handle.finished.set()
+
+    async def stop_intake(self) -> None:
+        """Graceful shutdown, step one: hear nothing new; utterances already spoken are closed
+        and their turns run to the end (the caller bounds how long)."""
+        self.accepting = False
+        for handle in list(self.speakers.values()):
+            await handle.finish()
+
+    async def drained(self) -> None:
+        """After `stop_intake`: until every speaker's turns have ended and nothing is left to play."""
+        for handle in list(self.speakers.values()):
+            await handle.finished.wait()  # a speaker's nursery ends after its last turn
+        await self.playback.wait_idle()
 
     def remove_speaker(self, user_id: str) -> None:
         """The speaker left: cancel their segmentation and in-flight turns, nothing else."""

@@ -8,6 +8,7 @@ answers are plain values, with no secrets in them, so they can be shown to anyon
 from __future__ import annotations
 
 import logging
+import uuid
 
 import attrs
 import trio
@@ -119,6 +120,26 @@ class Control:
     async def new_session(self, guild_id: str, user_id: str) -> SessionView:
         await self.services.store.new_conversation(guild_id, user_id)
         return await self.session_info(guild_id, user_id)
+
+    # --- speaking ---------------------------------------------------------------------------
+    def speak(self, guild_id: str, text: str) -> str:
+        """Say `text` in the guild's voice channel (queued like an answer); returns its id."""
+        from .speaker import SpeakerInfo
+        from .turn import _Speech
+
+        channel = self.channels.get(guild_id)
+        if channel is None:
+            raise ControlError("VoxBridge is not in a voice channel in that guild")
+        if self.services.tts is None:
+            raise ControlError("speaking is disabled ([tts].backend = \"none\")")
+        speech_id = f"speak-{uuid.uuid4().hex[:12]}"
+        who = SpeakerInfo("api", "api", guild_id, channel.channel_id)
+        speech = _Speech(self.services, channel.playback, speech_id, who, trio.current_time(), {})
+        speech.say(text)
+        speech.finish_text()
+        self._nursery.start_soon(speech.run_tts)
+        self.services.emit("speak_queued", guild=guild_id, id=speech_id, chars=len(text))
+        return speech_id
 
     # --- status ---------------------------------------------------------------------------
     def status(self) -> dict:

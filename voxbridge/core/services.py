@@ -33,8 +33,14 @@ Observer = Callable[[str, dict[str, Any]], None]
 
 
 def log_observer(kind: str, fields: dict[str, Any]) -> None:
-    """Default observer: one key=value log line per event (who, what, timings)."""
-    log.info("event=%s %s", kind, " ".join(f"{k}={v!r}" for k, v in fields.items() if k != "timings"))
+    """Default observer: one key=value log line per event. `turn_played` is the per-turn
+    summary line, with every stage timing (ms from the end of the utterance)."""
+    parts = [f"{k}={v!r}" for k, v in fields.items() if k not in ("timings", "text")]
+    if "text" in fields:
+        parts.append(f"chars={len(str(fields['text']))}")  # what people said stays out of logs
+    if kind == "turn_played":
+        parts += [f"{k}={v}" for k, v in (fields.get("timings") or {}).items()]
+    log.info("event=%s %s", kind, " ".join(parts))
 
 
 class AgentsHolder:

@@ -209,7 +209,8 @@ class VoxApp:
             return
         uid = str(member.id)
         handle = channel.speakers.get(uid) or channel.add_speaker(uid, getattr(member, "display_name", uid), _roles(member))
-        handle.push(pcm)
+        if handle is not None:  # None while shutting down: nothing new is heard
+            handle.push(pcm)
 
     def on_speaking(self, guild_id: int, member, speaking: bool) -> None:
         self.control.services.emit("discord_speaking", guild=str(guild_id), user=getattr(member, "display_name", member.id), speaking=speaking)
@@ -450,7 +451,32 @@ def wire(app: VoxApp) -> None:
         await app.on_voice_state_update(member, before, after)
 
 
-# --- voxbridge run -------------------------------------------------------------------------
+# --- voxbridge run ---------------------------------------------------------------------------
+
+class DiscordVoice:
+    """The daemon's voice backend on Discord (used by the control API and shutdown)."""
+
+    kind = "discord"
+
+    def __init__(self, app: VoxApp):
+        self.app = app
+
+    def ready(self) -> bool:
+        return self.app.bot.is_ready()
+
+    async def join(self, guild_id: str, channel_id: str) -> None:
+        channel = self.app.bot.get_channel(int(channel_id)) if channel_id.isdigit() else None
+        if not isinstance(channel, (discord.VoiceChannel, discord.StageChannel)):
+            raise ControlError(f"no voice channel {channel_id} is visible to the bot")
+        await self.app.bridge.aio(self.app.join_voice(channel))
+
+    async def leave(self, guild_id: str) -> None:
+        guild = self.app.bot.get_guild(int(guild_id)) if guild_id.isdigit() else None
+        if guild is not None:
+            await self.app.bridge.aio(self.app.leave_voice(guild))
+        else:
+            await self.app.control.leave(guild_id)
+
 
 def run_daemon(settings: Settings) -> int:
     token = resolve_token(settings)
@@ -459,40 +485,33 @@ def run_daemon(settings: Settings) -> int:
 
 
 async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, token: str) -> int:
-    from ..agents.reloader import AgentsReloader
-    from ..core.services import open_services
+    from ..daemon import Daemon
 
-    async with open_services(settings) as services, trio.open_nursery() as nursery:  # the daemon's root
-        reloader = AgentsReloader(settings.agents.file, services.agents, broadcaster=services.broadcaster)
-        await nursery.start(lambda task_status: reloader.run(sighup=False, task_status=task_status))
-        control = Control(services, nursery)
+    daemon = Daemon(settings)
+
+    async def discord_voice(daemon: Daemon, nursery: trio.Nursery) -> DiscordVoice:
         bridge = Bridge(loop, trio.lowlevel.current_trio_token(), nursery)
         bot = make_bot(settings)
-        app = VoxApp(settings, control, bridge, bot)
+        app = VoxApp(settings, daemon.control, bridge, bot)
         wire(app)
-        stop = trio.Event()
         tok = bridge.token
-        loop.add_signal_handler(signal.SIGHUP, lambda: tok.run_sync_soon(lambda: nursery.start_soon(reloader.reload_now, "sighup")))
+        # Signals arrive on the host loop (asyncio owns the wakeup fd) and are passed to trio.
+        loop.add_signal_handler(signal.SIGHUP, lambda: tok.run_sync_soon(
+            lambda: nursery.start_soon(daemon.reloader.reload_now, "sighup")))
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: tok.run_sync_soon(stop.set))
-        log.info("event=starting agents=%s config_version=%s", ",".join(a.id for a in services.agents.current.agents),
-                 services.agents.current.version)
+            loop.add_signal_handler(sig, lambda: tok.run_sync_soon(daemon.request_stop))
 
         async def discord_client():
             try:
                 await bridge.aio(bot.start(token))
             except discord.LoginFailure:
                 log.error("event=discord_login_failed reason=invalid_token")
-                stop.set()
+                daemon.request_stop()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await bridge.aio(bot.close())
 
         nursery.start_soon(discord_client)
-        await stop.wait()
-        log.info("event=stopping")
-        with trio.CancelScope(shield=True), trio.move_on_after(10):
-            for guild in list(bot.guilds):
-                if guild.voice_client:
-                    with contextlib.suppress(Exception):
-                        await bridge.aio(app.leave_voice(guild))
-            await bridge.aio(bot.close())
-        nursery.cancel_scope.cancel()
-    return 0
+        return DiscordVoice(app)
+
+    return await daemon.run(voice_factory=discord_voice, signals=False)

@@ -91,6 +91,12 @@ class SqlStore:
         return self._one(cur, "select * from sessions where guild_id = ? and user_id = ?", (guild_id, user_id))
 
     # --- the Store interface -------------------------------------------------------------
+    def ping(self) -> bool:
+        """Readiness: the database answers a trivial query."""
+        with self._transaction() as cur:
+            cur.execute("select 1")
+            return cur.fetchone()[0] == 1
+
     def session(self, guild_id: str, user_id: str) -> SessionRecord:
         with self._transaction(write=True) as cur:
             self._ensure_session(cur, guild_id, user_id)
