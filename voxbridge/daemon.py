@@ -37,9 +37,10 @@ VoiceFactory = Callable[["Daemon", trio.Nursery], Awaitable[object]]
 
 
 class Daemon:
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None):
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None, *, engines: dict | None = None):
         self.settings = settings
         self.env = env
+        self.engines = engines or {}  # preloaded {"stt": ..., "tts": ...} (tests, embedding)
         self.metrics = Metrics()
         self.notifier = Notifier(env)
         self.api_token = resolve_api_token(settings, env)
@@ -75,7 +76,7 @@ class Daemon:
         settings = self.settings
         self.stop_requested = trio.Event()
         self.notifier.status("loading models")
-        async with open_services(settings, observer=self.observe) as services, trio.open_nursery() as nursery:
+        async with open_services(settings, observer=self.observe, **self.engines) as services, trio.open_nursery() as nursery:
             self.control = control = Control(services, nursery)
             self.reloader = AgentsReloader(settings.agents.file, services.agents, broadcaster=services.broadcaster)
             await nursery.start(functools.partial(self.reloader.run, sighup=False))
