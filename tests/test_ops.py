@@ -107,6 +107,8 @@ async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_set
         metrics = (await call("GET", "/metrics")).text
         assert "voxbridge_turns_total{outcome=\"answered\"}" in metrics and "voxbridge_stage_latency_seconds_bucket" in metrics
         assert 'voxbridge_agent_circuit_open{agent="general"} 0' in metrics
+        for stage in ("vad", "stt", "route", "agent_first_byte", "tts_first_audio"):
+            assert f'voxbridge_stage_latency_seconds_count{{stage="{stage}"}}' in metrics
 
         (tmp_path / "agents.toml").write_text("[[agents]]\nid = 'x'\nkind = 'n8n'\nurl = 'http://h/x'\nbogus = 1\n")
         r = await call("POST", "/reload", headers=auth)

@@ -220,3 +220,5 @@ async def test_realtime_early_transcription_is_ready_when_silence_expires(settin
     assert turn["timings"]["early_decode"] is True
     # Decoding started 250 ms into the silence and had 550 ms to finish before the cut.
     assert turn["timings"]["stt_ms"] < 300
+    # Endpointing: last speech heard -> cut is the 800 ms silence threshold plus processing.
+    assert 700 <= turn["timings"]["vad_ms"] <= 1500

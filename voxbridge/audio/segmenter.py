@@ -103,6 +103,10 @@ class Segmenter:
     def active(self) -> bool:
         return self._id is not None
 
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
     def process(self, samples: np.ndarray) -> list[Event]:
         """Feed 16 kHz mono float32 samples; returns the events they complete."""
         data = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])

@@ -97,6 +97,7 @@ class SpeakerSession:
         self._pending: list[np.ndarray] = []
         self._pending_len = 0
         self._early: Decode | None = None
+        self._last_speech_at: float | None = None
         self.stats = {"utterances": 0, "early_used": 0, "early_cancelled": 0, "dropped_utterances": 0}
 
     async def run(self) -> None:
@@ -147,6 +148,8 @@ class SpeakerSession:
             return events + self.segmenter.flush() if flush else events
 
         events = await trio.to_thread.run_sync(step, limiter=self.services.vad_limiter)
+        if self.segmenter.in_speech:
+            self._last_speech_at = trio.current_time()  # for the vad stage: speech end -> cut
         for event in events:
             self._handle(event)
 
@@ -176,7 +179,8 @@ class SpeakerSession:
                     early.cancel()
                 decode = Decode(stt, event.audio, event.utterance, early=False)
                 self._nursery.start_soon(decode.run)
-            self._nursery.start_soon(self._run_turn, self.channel, self.info, event, decode, ended_at)
+            vad_ms = round((ended_at - self._last_speech_at) * 1000) if self._last_speech_at is not None else None
+            self._nursery.start_soon(self._run_turn, self.channel, self.info, event, decode, ended_at, vad_ms)
 
     def _cancel_early(self) -> bool:
         if self._early is None:

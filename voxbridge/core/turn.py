@@ -140,10 +140,13 @@ class _Speech:
                 self.answer.done.set()  # nothing to play
 
 
-async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, decode: Decode, ended_at: float) -> None:
+async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, decode: Decode, ended_at: float,
+                   vad_ms: int | None = None) -> None:
     """The voice path: wait for the transcript, answer it, wait until the answer has played."""
     services = channel.services
     timings: dict = {"early_decode": decode.early}
+    if vad_ms is not None:
+        timings["vad_ms"] = vad_ms  # last speech heard -> utterance cut (silence_ms + processing)
     try:
         transcript = await decode.wait()
     except SttError as exc:

@@ -11,8 +11,9 @@ import collections
 import threading
 
 STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
-# turn_played timings (ms from end of utterance) -> stage label
-STAGES = {"stt_ms": "stt", "routed_ms": "route", "agent_first_byte_ms": "agent_first_byte",
+# turn_played timings -> stage label; vad = last speech heard -> utterance cut, the others are ms
+# from the cut (the moment the silence threshold expired)
+STAGES = {"vad_ms": "vad", "stt_ms": "stt", "routed_ms": "route", "agent_first_byte_ms": "agent_first_byte",
           "tts_first_audio_ms": "tts_first_audio", "first_frame_ms": "first_frame"}
 
 
@@ -65,7 +66,7 @@ class Metrics:
             metric("voxbridge_turns_total", "counter", "Turns by final outcome.")
             for outcome in ("answered", "failed", "cancelled"):
                 out.append(f'voxbridge_turns_total{{outcome="{outcome}"}} {self.turns[outcome]}')
-            metric("voxbridge_stage_latency_seconds", "histogram", "Time from the end of an utterance to each stage.")
+            metric("voxbridge_stage_latency_seconds", "histogram", "vad: last speech heard to utterance cut; others: cut to each stage.")
             for label, h in self.stages.items():
                 cumulative = 0
                 for bound, count in zip(h.buckets, h.counts, strict=False):
