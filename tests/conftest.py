@@ -106,6 +106,8 @@ def settings(tmp_path, base_settings):
         base_settings,
         general=attrs.evolve(base_settings.general, state_dir=str(tmp_path / "state")),
         agents=attrs.evolve(base_settings.agents, file=str(ROOT / "agents.toml")),
+        # conversation mode however many speakers; addressed mode has its own tests
+        conversation=attrs.evolve(base_settings.conversation, addressed_above_humans=0),
     )
 
 

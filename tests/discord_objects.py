@@ -29,7 +29,8 @@ def offline_bot(bot: discord.Bot | None = None):
     state._add_guild_from_data({
         "id": str(GUILD_ID), "name": "Test Guild", "owner_id": "1", "emojis": [], "stickers": [], "features": [],
         "premium_tier": 0, "member_count": 3, "members": [], "voice_states": [],
-        "roles": [{"id": str(GUILD_ID), "name": "@everyone", "position": 0, **ROLE_FIELDS},
+        "roles": [{"id": str(GUILD_ID), "name": "@everyone", "position": 0, **ROLE_FIELDS,
+                   "permissions": str((1 << 10) | (1 << 20) | (1 << 21))},  # Discord's defaults: view, connect, speak
                   {"id": "7", "name": "member", "position": 1, **ROLE_FIELDS},
                   {"id": "8", "name": "staff", "position": 2, **ROLE_FIELDS}],
         "channels": [{"id": str(VOICE_ID), "type": 2, "name": "Voice", "position": 0, "permission_overwrites": [],

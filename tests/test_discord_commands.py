@@ -217,3 +217,37 @@ def test_member_leaving_the_channel_cancels_their_speaker_and_follow_joins(setti
     still_there, joined = with_app(settings, body)
     assert still_there is False
     assert joined == [VOICE_ID]
+
+
+def test_mode_and_ignore_me_commands(settings):
+    from voxbridge.core.playback import CollectSink
+
+    async def body(app, bot, cmd, services):
+        out = {}
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["voxbridge mode"](ctx, "transcribe"))  # not in voice yet
+        out["not_joined"] = ctx.replies[-1]["embed"].title
+        channel = await app.control.join("100", "200", CollectSink())
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["voxbridge mode"](ctx, "transcribe"))
+        out["set"] = (ctx.replies[-1]["embed"].title, channel.effective_mode())
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["voxbridge mode"](ctx, "auto"))
+        out["auto"] = channel.effective_mode()
+        channel.add_speaker("11", "alice")
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["voxbridge ignore-me"](ctx))
+        out["ignored"] = (ctx.replies[-1]["embed"].title, "11" in services.ignored, "11" in channel.speakers,
+                          channel.add_speaker("11", "alice"), await services.store.ignored_users())
+        ctx = command_context(bot, 11, "alice")
+        await app.bridge.aio(cmd["voxbridge ignore-me"](ctx))
+        out["back"] = (ctx.replies[-1]["embed"].title, await services.store.ignored_users())
+        return out
+
+    out = with_app(settings, body)
+    assert out["not_joined"] == "Mode not changed"
+    assert out["set"] == ("Mode: transcribe", ("transcribe", "set with /voxbridge mode"))
+    assert out["auto"] == ("conversation", "configured")
+    title, in_memory, still_speaker, new_handle, stored = out["ignored"]
+    assert title == "I will not listen to you" and in_memory and new_handle is None and stored == {"11"}
+    assert out["back"] == ("Listening to you again", set())

@@ -127,7 +127,9 @@ def test_postgres_schema_creation_is_idempotent(postgres_url):
     a = PostgresStore(postgres_url)
     b = PostgresStore(postgres_url)  # a second instance starting on the same database
     with a.pool.connection() as conn:
-        assert conn.execute("select count(*) from voxbridge_schema").fetchone()[0] == 1
+        from voxbridge.store.postgres import MIGRATIONS
+
+        assert conn.execute("select count(*) from voxbridge_schema").fetchone()[0] == len(MIGRATIONS)
     a.close()
     b.close()
 
@@ -192,3 +194,10 @@ def test_reload_broadcast_reaches_subscribers(redis_url):
     sub.close()
     a.close()
     b.close()
+
+
+async def test_opt_out_persists(store):
+    await store.set_ignored("u1", True)
+    await store.set_ignored("u2", True)
+    await store.set_ignored("u2", False)
+    assert await store.ignored_users() == {"u1"}

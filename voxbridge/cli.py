@@ -39,8 +39,13 @@ def cmd_simulate(args) -> int:
         print("No --say/--wav given: simulating three overlapping speakers.", file=sys.stderr)
     out = Path(args.out)
     t0 = time.monotonic()
+    if args.mirror:
+        import attrs
+
+        settings = attrs.evolve(settings, conversation=attrs.evolve(settings.conversation, mirror=True))
     result = trio.run(lambda: simulate(settings, lines, out_dir=out, fast=args.fast, demo_agents=args.demo_agents,
-                                       store_url=args.store, quiet=args.quiet, progress=not args.no_progress))
+                                       store_url=args.store, quiet=args.quiet, progress=not args.no_progress,
+                                       mode=args.mode))
     if not args.no_progress and sys.stderr.isatty():
         print(file=sys.stderr)
     statuses: dict[str, int] = {}
@@ -179,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", default=None, help="store URL (default: sqlite in --out)")
     s.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
     s.add_argument("--no-tts", action="store_true", help="do not speak answers")
+    s.add_argument("--mode", choices=["conversation", "addressed", "transcribe"], default=None,
+                   help="the channel's mode (default: [conversation].mode, addressed automatically above addressed_above_humans speakers)")
+    s.add_argument("--mirror", action="store_true", help="also show what would be posted to the text chat")
     s.add_argument("--quiet", action="store_true", help="no live log")
     s.add_argument("--no-progress", action="store_true", help="no progress line")
     s.add_argument("--strict", action="store_true", help="exit 1 if any turn failed")

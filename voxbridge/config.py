@@ -105,6 +105,19 @@ class PlaybackSettings:
 
 
 @attrs.frozen
+class ConversationSettings:
+    mode: str = _field("conversation", "conversation (answer every utterance), addressed (only utterances that start with the bot's name or a wake phrase; the phrase is stripped), transcribe (post transcripts, call no agent). /voxbridge mode changes it per channel.", _one_of("conversation", "addressed", "transcribe"))
+    wake_phrases: tuple[str, ...] = _field((), "Extra phrases that address the bot (its [general].bot_name always does), e.g. [\"hey bridge\", \"computer\"].")
+    addressed_above_humans: int = _field(2, "In conversation mode, switch to addressed while the channel has more than this many humans (0: never).", _non_negative)
+    echo_window_s: float = _field(8.0, "An utterance matching what the bot said up to this long ago (users on speakers) is not routed.", _non_negative)
+    echo_threshold: float = _field(0.6, "Share of an utterance's words found in the bot's recent speech for it to count as echo.", _unit)
+    thinking_cue: bool = _field(False, "Play a short quiet sound while waiting for the agent's first sentence.")
+    mirror: bool = _field(False, "Post each transcript and answer to the voice channel's text chat (or mirror_channel).")
+    mirror_channel: str = _field("", "Text channel id for the mirror (empty: the voice channel's own chat).")
+    keepalive_s: float = _field(15.0, "While connected and idle, send a few silent frames this often (some clients stop hearing a silent bot; 0 disables).", _non_negative)
+
+
+@attrs.frozen
 class StoreSettings:
     url: str = _field("", "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db) or postgresql://user@host:5432/db (extra `postgres`).")
     redis_url: str = _field("", "Optional Redis (redis://host:6379/0): shared session cache, one owner per guild voice connection, reload broadcast. Empty: none.")
@@ -158,6 +171,7 @@ class Settings:
     stt: SttSettings = attrs.field(factory=SttSettings)
     tts: TtsSettings = attrs.field(factory=TtsSettings)
     playback: PlaybackSettings = attrs.field(factory=PlaybackSettings)
+    conversation: ConversationSettings = attrs.field(factory=ConversationSettings)
     store: StoreSettings = attrs.field(factory=StoreSettings)
     agents: AgentsSettings = attrs.field(factory=AgentsSettings)
     discord: DiscordSettings = attrs.field(factory=DiscordSettings)

@@ -16,6 +16,7 @@ import logging
 import attrs
 import trio
 
+from .conversation import EchoGuard
 from .playback import FrameSink, Playback
 from .services import Services
 from .speaker import SpeakerInfo, SpeakerSession
@@ -77,8 +78,14 @@ class ChannelSession:
         self.services = services
         self.guild_id = guild_id
         self.channel_id = channel_id
-        self.playback = Playback(sink, services.settings.playback.max_queued_turns)
+        conv = services.settings.conversation
+        self.echo = EchoGuard(conv.echo_window_s, conv.echo_threshold)
+        self.playback = Playback(sink, services.settings.playback.max_queued_turns,
+                                 on_clause=lambda text, seconds: self.echo.said(text, duration_s=seconds))
         self.speakers: dict[str, SpeakerHandle] = {}
+        self.mode_override: str | None = None  # /voxbridge mode
+        self.humans: int | None = None  # humans in the voice channel (Discord); None: count speakers
+        self.mirror = None  # async (text) -> None: posts to the text chat, when mirroring is on
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.turns_in_flight = 0
@@ -103,6 +110,9 @@ class ChannelSession:
             return self.speakers[user_id]
         if not self.accepting:
             return None
+        if user_id in self.services.ignored:  # opted out: not heard, not transcribed, not stored
+            self.services.counters["optout_ignored"] += 1
+            return None
         assert self._nursery is not None, "ChannelSession.run must be started first"
         info = SpeakerInfo(user_id=user_id, user_name=user_name or user_id, guild_id=self.guild_id,
                            channel_id=self.channel_id, roles=roles)
@@ -122,6 +132,30 @@ class ChannelSession:
             if self.speakers.get(handle.info.user_id) is handle:
                 del self.speakers[handle.info.user_id]
             handle.finished.set()
+
+    def effective_mode(self) -> tuple[str, str]:
+        """(mode, why): the /voxbridge mode override, else the configured mode, switched to
+        addressed while more than `addressed_above_humans` people are in the channel."""
+        if self.mode_override:
+            return self.mode_override, "set with /voxbridge mode"
+        conv = self.services.settings.conversation
+        humans = self.humans if self.humans is not None else len(self.speakers)
+        if conv.mode == "conversation" and conv.addressed_above_humans and humans > conv.addressed_above_humans:
+            return "addressed", f"{humans} people in the channel"
+        return conv.mode, "configured"
+
+    def wake_phrases(self) -> tuple[str, ...]:
+        s = self.services.settings
+        return (s.general.bot_name, *s.conversation.wake_phrases)
+
+    async def post(self, text: str) -> None:
+        """Mirror a line to the text chat, if mirroring is on (failures are logged, not raised)."""
+        if self.mirror is None or not self.services.settings.conversation.mirror:
+            return
+        try:
+            await self.mirror(text)
+        except Exception as exc:
+            log.warning("event=mirror_failed channel=%s error=%s", self.channel_id, type(exc).__name__)
 
     async def stop_intake(self) -> None:
         """Graceful shutdown, step one: hear nothing new; utterances already spoken are closed

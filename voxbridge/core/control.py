@@ -121,6 +121,31 @@ class Control:
         await self.services.store.new_conversation(guild_id, user_id)
         return await self.session_info(guild_id, user_id)
 
+    # --- the room -----------------------------------------------------------------------------
+    def set_mode(self, guild_id: str, mode: str | None) -> tuple[str, str]:
+        """/voxbridge mode: conversation | addressed | transcribe, or None to follow the config."""
+        from .conversation import MODES
+
+        channel = self.channels.get(guild_id)
+        if channel is None:
+            raise ControlError("VoxBridge is not in a voice channel here; /join first")
+        if mode is not None and mode not in MODES:
+            raise ControlError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)} or auto")
+        channel.mode_override = mode
+        self.services.emit("mode_changed", guild=guild_id, mode=mode or "auto")
+        return channel.effective_mode()
+
+    async def set_ignored(self, user_id: str, ignored: bool) -> None:
+        """/voxbridge ignore-me: persisted; takes effect at once in every channel."""
+        await self.services.store.set_ignored(user_id, ignored)
+        if ignored:
+            self.services.ignored.add(user_id)
+            for channel in self.channels.values():
+                if user_id in channel.speakers:
+                    channel.remove_speaker(user_id)
+        else:
+            self.services.ignored.discard(user_id)
+
     # --- speaking ---------------------------------------------------------------------------
     def speak(self, guild_id: str, text: str) -> str:
         """Say `text` in the guild's voice channel (queued like an answer); returns its id."""

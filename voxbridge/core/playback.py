@@ -123,8 +123,10 @@ class SpokenAnswer:
 
 
 class Playback:
-    def __init__(self, sink: FrameSink, max_queued: int = 16):
+    def __init__(self, sink: FrameSink, max_queued: int = 16, on_clause=None):
         self.sink = sink
+        # on_clause(text, seconds): told as each clause starts playing (the echo guard listens)
+        self.on_clause = on_clause
         self.max_queued = max_queued
         self._queue: collections.deque[SpokenAnswer] = collections.deque()
         self._wakeup = trio.Event()
@@ -179,7 +181,10 @@ class Playback:
             self.current = answer
             try:
                 with answer.scope:
-                    async for pcm in answer.receive:
+                    async for item in answer.receive:
+                        text, pcm = item if isinstance(item, tuple) else ("", item)
+                        if text and self.on_clause is not None:
+                            self.on_clause(text, len(pcm) / (FRAME_BYTES * 50))
                         for i in range(0, len(pcm), FRAME_BYTES):
                             frame = pcm[i : i + FRAME_BYTES]
                             if len(frame) < FRAME_BYTES:

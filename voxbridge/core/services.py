@@ -74,6 +74,7 @@ class Services:
     vad_limiter: trio.CapacityLimiter
     observer: Observer = log_observer
     counters: collections.Counter = attrs.field(factory=collections.Counter)
+    ignored: set[str] = attrs.field(factory=set)  # users who opted out (/voxbridge ignore-me)
 
     @property
     def broadcaster(self):
@@ -117,6 +118,7 @@ async def open_services(settings: Settings, *, agents: AgentsConfig | None = Non
         vad=VadFactory(settings.vad.backend, settings.vad.energy_floor_dbfs),
         vad_limiter=trio.CapacityLimiter(2), observer=observer or log_observer,
     )
+    services.ignored = await store.ignored_users()
     try:
         yield services
     finally:

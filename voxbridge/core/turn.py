@@ -22,6 +22,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 import attrs
+import numpy as np
 import trio
 
 from ..agents.client import AgentAnswer, call_agent
@@ -29,6 +30,7 @@ from ..agents.config import AgentsConfig, AgentSpec
 from ..agents.payload import build_payload
 from ..audio.convert import to_discord_pcm
 from ..audio.segmenter import UtteranceEnded
+from ..core.conversation import addressed, split_message
 from ..errors import AgentError, SttError, TtsError
 from ..routing import RouteContext, RouteDecision, Router
 from ..stt import Transcript
@@ -74,6 +76,7 @@ class _Speech:
     def __init__(self, services, playback: Playback | None, turn_id: str, speaker: SpeakerInfo, ended_at: float, timings: dict):
         self.services = services
         self.playback = playback
+        self.cue: SpokenAnswer | None = None
         self.answer = SpokenAnswer(turn_id, speaker.user_id, services.settings.tts.lookahead_clauses)
         self.splitter = ClauseSplitter()
         self.clauses_send, self.clauses_receive = trio.open_memory_channel[str](math.inf)
@@ -130,14 +133,42 @@ class _Speech:
                         continue  # skip the clause; the rest of the answer still plays
                     self.timings.setdefault("tts_first_audio_ms", self._ms())
                     if not self.enqueued:
+                        self.stop_cue()  # speech is ready: the thinking cue gives way
                         self.playback.enqueue(self.answer)
                         self.enqueued = True
-                    await self.answer.send.send(pcm)
+                    await self.answer.send.send((clause, pcm))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # barge-in or queue overflow stopped this answer
         finally:
+            self.stop_cue()
             if not self.enqueued:
                 self.answer.done.set()  # nothing to play
+
+    async def thinking_cue(self) -> None:
+        """A soft two-tone pulse every 1.5 s (at most 12 s) until the answer's first audio."""
+        if self.playback is None:
+            return
+        from ..audio.convert import to_discord_pcm
+
+        self.cue = SpokenAnswer(f"cue-{self.answer.turn_id}", self.answer.speaker_id, 1)
+        rate = 24000
+        t = np.arange(int(0.12 * rate)) / rate
+        env = np.sin(np.pi * t / t[-1]) ** 2
+        pulse = np.concatenate([0.03 * np.sin(2 * np.pi * 660 * t) * env, np.zeros(int(0.05 * rate)),
+                                0.03 * np.sin(2 * np.pi * 880 * t) * env]).astype(np.float32)
+        gap = np.zeros(int(1.2 * rate), np.float32)
+        pcm = to_discord_pcm(np.concatenate([pulse, gap]), rate)
+        self.playback.enqueue(self.cue)
+        try:
+            async with self.cue.send:
+                for _ in range(8):
+                    await self.cue.send.send(pcm)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def stop_cue(self) -> None:
+        if self.cue is not None and not self.cue.done.is_set():
+            self.cue.stop(interrupted=False)
 
 
 async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, decode: Decode, ended_at: float,
@@ -162,15 +193,19 @@ async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, dec
     timings.update(stt_ms=max(0, wait_ms), stt_ready_ms=wait_ms, stt_decode_ms=round(transcript.timings.get("decode_s", 0) * 1000))
     channel.turns_in_flight += 1
     try:
-        await answer_transcript(services, speaker, transcript, ended_at=ended_at, timings=timings, playback=channel.playback)
+        await answer_transcript(services, speaker, transcript, ended_at=ended_at, timings=timings,
+                                playback=channel.playback, room=channel)
     finally:
         channel.turns_in_flight -= 1
 
 
 async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcript, *, ended_at: float, timings: dict,
                             playback: Playback | None, on_text: OnText | None = None,
-                            on_decision: Callable[[RouteDecision], None] | None = None) -> TurnOutcome:
-    """Store, route, call the agent(s), speak; the turn row ends answered or failed, always."""
+                            on_decision: Callable[[RouteDecision], None] | None = None, room=None) -> TurnOutcome:
+    """Store, route, call the agent(s), speak; the turn row ends answered, failed or not_routed.
+
+    `room` is the ChannelSession when the words were spoken in one: its mode (conversation,
+    addressed, transcribe), echo guard and text mirror apply."""
     store = services.store
     if transcript.empty:
         services.counters["stt_dropped"] += 1
@@ -195,13 +230,39 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
         timings["stored_ms"] = ms()
         services.emit("turn_transcribed", turn=turn.turn_id, number=turn.number, user=speaker.user_name,
                       text=transcript.text, confidence=transcript.confidence, stt_ms=timings.get("stt_ms", 0))
+        text = transcript.text
+        if room is not None:
+            mode, why = room.effective_mode()
+            reason = None
+            if room.echo.is_echo(text):
+                reason = "echo"  # the bot hearing itself through someone's microphone
+            elif mode == "transcribe":
+                reason = "transcribe_only"
+            elif mode == "addressed":
+                stripped = addressed(text, room.wake_phrases())
+                if stripped is None:
+                    reason = "not_addressed"
+                elif not stripped:
+                    reason = "wake_phrase_only"
+                else:
+                    text = stripped
+            if reason != "echo":
+                await room.post(f"**{speaker.user_name}**: {transcript.text}")
+            if reason is not None:
+                await store.update_turn(turn.turn_id, status="not_routed", timings=timings,
+                                        flags={"mode": mode, "mode_reason": why, "not_routed": reason})
+                status = "not_routed"
+                services.counters[f"not_routed_{reason}"] += 1
+                services.emit("turn_not_routed", turn=turn.turn_id, user=speaker.user_name, mode=mode, reason=reason)
+                return TurnOutcome(turn.turn_id, "not_routed", error=reason)
+            timings["mode"] = mode
 
         # 2. Route with the agents config as it is now; a reload mid-turn does not affect this turn.
         agents_cfg: AgentsConfig = services.agents.current
         health = services.agents.health
         router = Router(agents_cfg, health.available, classifier=lambda a, text, c: _classify(services, a, text, c),
                         cursor=services.agents.round_robin)
-        decision = await router.route(RouteContext(transcript.text, speaker.guild_id, speaker.channel_id, speaker.user_id,
+        decision = await router.route(RouteContext(text, speaker.guild_id, speaker.channel_id, speaker.user_id,
                                                    start.pinned_agent, speaker.roles))
         timings["routed_ms"] = ms()
         if on_decision:
@@ -223,27 +284,32 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
                 await on_text(text)
 
         def payload_for(agent: AgentSpec) -> dict:
-            return build_payload(text=transcript.text, turn=turn, agent_id=agent.id, previous_turns=history, streaming=agent.streaming)
+            return build_payload(text=text, turn=turn, agent_id=agent.id, previous_turns=history, streaming=agent.streaming)
 
         outcome = TurnOutcome(turn.turn_id, "failed", decision, speech=speech)
         timings["agent_request_ms"] = ms()
-        async with trio.open_nursery() as nursery:  # bounds this turn's TTS task
+        async with trio.open_nursery() as nursery:  # bounds this turn's TTS task (and thinking cue)
             nursery.start_soon(speech.run_tts)
+            if room is not None and services.settings.conversation.thinking_cue and playback is not None:
+                nursery.start_soon(speech.thinking_cue)
             try:
                 call = _broadcast if decision.method == "broadcast" else _single
                 answered, error = await call(services, agents_cfg, decision, turn, payload_for, speech, text_out, timings, ms)
             finally:
                 speech.finish_text()
             if answered is not None:
-                text, agent_ids, flags = answered
+                reply, agent_ids, flags = answered
                 timings["agent_done_ms"] = ms()
-                await store.update_turn(turn.turn_id, status="answered", response=text, agent_id=",".join(agent_ids),
+                await store.update_turn(turn.turn_id, status="answered", response=reply, agent_id=",".join(agent_ids),
                                         timings=timings, flags=flags)
                 status = "answered"
-                outcome.status, outcome.text = "answered", text
+                outcome.status, outcome.text = "answered", reply
                 services.counters["turns_answered"] += 1
                 services.emit("turn_answered", turn=turn.turn_id, user=speaker.user_name, agent=",".join(agent_ids),
-                              text=text, attempts=flags.get("attempts"))
+                              text=reply, attempts=flags.get("attempts"))
+                if room is not None:
+                    for part in split_message(f"**{services.settings.general.bot_name}** → {speaker.user_name}: {reply}"):
+                        await room.post(part)
             else:
                 timings["failed_ms"] = ms()
                 await store.update_turn(turn.turn_id, status="failed", error=error[:500], timings=timings)
@@ -265,7 +331,7 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
         return outcome
     except BaseException as exc:
         cancelled = _only_cancelled(exc)
-        if turn is not None and status not in ("answered", "failed"):
+        if turn is not None and status not in ("answered", "failed", "not_routed"):
             error = "cancelled: the speaker left or the channel closed" if cancelled else f"internal error: {type(exc).__name__}"
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await store.update_turn(turn.turn_id, status="failed", error=error, timings=timings)

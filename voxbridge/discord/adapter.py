@@ -200,6 +200,38 @@ class VoxApp:
         self.voice: dict[int, discord.VoiceClient] = {}
         self._alone_tasks: dict[int, asyncio.Task] = {}
         self.wanted: dict[int, int] = {}  # guild -> channel we intend to be in (for reconnects)
+        self._keepalives: dict[int, asyncio.Task] = {}
+
+    def _update_humans(self, guild_id: int) -> None:
+        guild = self.bot.get_guild(guild_id)
+        vc = guild.voice_client if guild else None
+        session = self.control.channel(str(guild_id))
+        if session is not None and vc is not None and vc.channel is not None:
+            session.humans = len([m for m in vc.channel.members if not m.bot])
+
+    def _mirror_for(self, vc):
+        """Post to the voice channel's own text chat, or to [conversation].mirror_channel."""
+        target_id = self.settings.conversation.mirror_channel
+
+        async def post(text: str) -> None:
+            channel = self.bot.get_channel(int(target_id)) if target_id.isdigit() else vc.channel
+            if channel is not None:
+                await self.bridge.aio(channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none()))
+
+        return post
+
+    async def _keepalive(self, vc) -> None:
+        """Some clients stop hearing a bot that sent nothing for ~60 s: while idle, send a few
+        opus silence frames every keepalive_s."""
+        every = self.settings.conversation.keepalive_s
+        if not every:
+            return
+        while True:
+            await asyncio.sleep(every)
+            if vc.is_connected() and not vc.is_playing():
+                for _ in range(5):
+                    with contextlib.suppress(Exception):
+                        vc.send_audio_packet(b"\xf8\xff\xfe", encode=False)
 
     # voice ----------------------------------------------------------------------------------
     def on_frame(self, guild_id: int, member, pcm: bytes) -> None:
@@ -241,6 +273,9 @@ class VoxApp:
         session = await self.bridge.to_trio(self.control.join, str(guild_id), str(channel_id),
                                             DiscordPlayback(buffer, start_player))
         session_box["session"] = session
+        self._update_humans(guild_id)
+        session.mirror = self._mirror_for(vc)
+        self._keepalives[guild_id] = self.bot.loop.create_task(self._keepalive(vc))
         sink = VoxSink(lambda m, pcm: self.on_frame(guild_id, m, pcm), lambda m, s: self.on_speaking(guild_id, m, s),
                        token, bot_user_id=self.bot.user.id if self.bot.user else None, vc=vc)
         with warnings.catch_warnings():
@@ -258,6 +293,9 @@ class VoxApp:
             await vc.disconnect(force=True)
             left = True
         self.voice.pop(guild.id, None)
+        task = self._keepalives.pop(guild.id, None)
+        if task:
+            task.cancel()
         return left
 
     async def on_voice_state_update(self, member, before, after) -> None:
@@ -274,6 +312,7 @@ class VoxApp:
             await self.bridge.to_trio(_call_sync, session.remove_speaker, str(member.id))
         if str(member.id) in self.settings.discord.follow_users and after.channel and guild.voice_client is None:
             await self.join_voice(after.channel)
+        self._update_humans(guild.id)
         self._check_alone(guild)
 
     async def _rejoin_later(self, guild, channel_id: int, attempts: int = 5) -> None:
@@ -415,6 +454,32 @@ def build_commands(app: VoxApp) -> list:
             return
         left = await app.leave_voice(ctx.guild)
         await ctx.respond(embed=_embed("Left the voice channel" if left else "I was not in a voice channel"), ephemeral=True)
+
+    @vox.command(name="mode", description="How VoxBridge listens in this voice channel")
+    # Discord caps option descriptions at 100 characters.
+    @discord.option("mode", str, description="conversation: answer all; addressed: only when named; transcribe: text only",
+                    choices=["conversation", "addressed", "transcribe", "auto"])
+    async def mode(ctx: discord.ApplicationContext, mode: str):
+        session = control.channel(str(ctx.guild_id))
+        where = ctx.guild.get_channel(int(session.channel_id)) if session and ctx.guild and session.channel_id.isdigit() else None
+        if session is not None and not may_move(ctx, where):  # same people who may move the bot
+            await ctx.respond(embed=_embed("Not allowed", "You may not change how the bot listens here."), ephemeral=True)
+            return
+        try:
+            effective, why = control.set_mode(str(ctx.guild_id), None if mode == "auto" else mode)
+        except ControlError as exc:
+            await ctx.respond(embed=_embed("Mode not changed", str(exc)), ephemeral=True)
+            return
+        await ctx.respond(embed=_embed(f"Mode: {effective}", why), ephemeral=True)
+
+    @vox.command(name="ignore-me", description="Stop (or start again) listening to you; remembered")
+    async def ignore_me(ctx: discord.ApplicationContext):
+        now_ignored = str(ctx.author.id) not in control.services.ignored
+        await app.bridge.to_trio(control.set_ignored, str(ctx.author.id), now_ignored)
+        if now_ignored:
+            await ctx.respond(embed=_embed("I will not listen to you", "Your voice is neither transcribed nor stored. Run it again to undo."), ephemeral=True)
+        else:
+            await ctx.respond(embed=_embed("Listening to you again", "Your voice is transcribed and answered."), ephemeral=True)
 
     @vox.command(name="status", description="What VoxBridge is doing")
     async def status(ctx: discord.ApplicationContext):

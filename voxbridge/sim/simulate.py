@@ -33,10 +33,12 @@ from ..core.services import open_services
 from ..errors import VoxBridgeError
 from .demo_agents import DemoAgents
 
+# Three people in a room: more than [conversation].addressed_above_humans (2), so the channel is in
+# addressed mode and only utterances that start with the bot's name are answered.
 DEFAULT_SCENARIO = [
-    "alice@0:What time is it in Tokyo?",
-    "bob@0.8:Tell me a story about a dragon.",
-    "carol@1.6:How far away is the moon?",
+    "alice@0:VoxBridge, what time is it in Tokyo?",
+    "bob@0.8:VoxBridge, tell me a story about a dragon.",
+    "carol@1.6:How far away is the moon, do you think?",
 ]
 GAP_BETWEEN_LINES_S = 1.5
 
@@ -102,6 +104,10 @@ class LivePrinter:
             tm = fields.get("timings", {})
             parts = [f"{k.removesuffix('_ms')} {tm[k]}" for k in ("stt_ms", "routed_ms", "agent_first_byte_ms", "first_clause_ms", "tts_first_audio_ms", "first_frame_ms") if k in tm]
             line = f'{who:<10} played{" (interrupted)" if fields.get("interrupted") else ""}  ms after end of speech: ' + ", ".join(parts)
+        elif kind == "turn_not_routed":
+            line = f'{who:<10} not routed ({fields["reason"]}, mode {fields["mode"]})'
+        elif kind == "mirror":
+            line = f'[text chat] {fields["text"]}'
         elif kind in ("stt_dropped", "barge_in", "turn_cancelled", "speaker_left"):
             line = f'{who:<10} {kind} ' + " ".join(f"{k}={v}" for k, v in fields.items() if k != "user")
         if line:
@@ -141,7 +147,8 @@ async def prepare_audio(lines: list[SpeakerLine], tts) -> dict[str, bytes]:
 
 async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Path, fast: bool = False,
                    demo_agents: bool = False, store_url: str | None = None, quiet: bool = False,
-                   progress: bool = True, stt=None, tts=None, line_tts=None, observer: Callable | None = None) -> SimResult:
+                   progress: bool = True, stt=None, tts=None, line_tts=None, observer: Callable | None = None,
+                   mode: str | None = None) -> SimResult:
     """Run one simulated channel. `stt`/`tts` share loaded engines (tts=False: answers not spoken);
     `line_tts` voices the --say lines (default: the answer voice, else the bundled Piper voice)."""
     await trio.to_thread.run_sync(lambda: out_dir.mkdir(parents=True, exist_ok=True))
@@ -180,6 +187,13 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
                                       broadcaster=services.broadcaster)
             await root.start(reloader.run)  # edits to agents.toml (or SIGHUP) apply mid-run
             channel = await root.start(ChannelSession(services, "sim-guild", "sim-channel", sink).run)
+            channel.humans = len(audio)  # a room with this many people
+            channel.mode_override = mode
+
+            async def mirror(text: str) -> None:  # the channel's text chat, in the log
+                services.emit("mirror", text=text)
+
+            channel.mirror = mirror
             total_frames = sum(len(a) // FRAME_BYTES for a in audio.values())
             fed = [0]
             if progress:

@@ -27,6 +27,10 @@ MIGRATIONS = [
         turn_id text primary key, method text, rule_id text, agent_ids text,
         latency_ms double precision, created_at text);
     """,
+    """
+    create table if not exists user_prefs (
+        user_id text primary key, ignore_me integer not null default 0, updated_at text);
+    """,
 ]
 
 

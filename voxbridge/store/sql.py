@@ -183,6 +183,17 @@ class SqlStore:
             rows = self._all(cur, f"select * from turns{clause} order by created_at, number limit ?", (*where.values(), limit))
         return [decode(r) for r in rows]
 
+    def set_ignored(self, user_id: str, ignored: bool) -> None:
+        """`/voxbridge ignore-me`: this user's audio is neither transcribed nor stored."""
+        with self._transaction(write=True) as cur:
+            self._exec(cur, "insert into user_prefs (user_id, ignore_me, updated_at) values (?, ?, ?)"
+                            " on conflict (user_id) do update set ignore_me = excluded.ignore_me, updated_at = excluded.updated_at",
+                       (user_id, 1 if ignored else 0, now_iso()))
+
+    def ignored_users(self) -> set[str]:
+        with self._transaction() as cur:
+            return {r["user_id"] for r in self._all(cur, "select user_id from user_prefs where ignore_me = 1")}
+
     def decisions(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
         """Routing decisions, newest last; filter by method=, rule_id=, turn_id=."""
         bad = set(where) - set(DECISION_COLUMNS)

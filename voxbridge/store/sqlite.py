@@ -48,6 +48,8 @@ class SqliteStore(SqlStore):
             )
             t("turns").create_index(["conversation_id", "number"])
             t("turns").create_index(["created_at"])
+        if "user_prefs" not in names:
+            t("user_prefs").create({"user_id": str, "ignore_me": int, "updated_at": str}, pk="user_id")
         if "routing_decisions" not in names:
             t("routing_decisions").create(
                 {"turn_id": str, "method": str, "rule_id": str, "agent_ids": str, "latency_ms": float, "created_at": str},
