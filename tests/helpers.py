@@ -69,3 +69,30 @@ class SpeechMaker:
         padded = np.concatenate([np.zeros(int(lead_silence_s * rate), np.float32), audio,
                                  np.zeros(int(tail_silence_s * rate), np.float32)])
         return to_discord_pcm(padded, rate)
+
+
+class FastFakeStt:
+    """For load tests only: a 'transcript' derived from the audio, in ~10 ms, no model."""
+
+    name = "fake"
+
+    def __init__(self, fail_on: set[int] | None = None):
+        self.calls = 0
+        self.fail_on = fail_on or set()
+
+    async def transcribe(self, pcm16k_mono, *, language=None, prompt=None):
+        import trio
+
+        from voxbridge.errors import SttError
+        from voxbridge.stt import Transcript
+
+        self.calls += 1
+        await trio.sleep(0.01)
+        if self.calls in self.fail_on:
+            raise SttError("engine error on purpose")
+        seconds = len(pcm16k_mono) / 16000
+        return Transcript(text=f"utterance of {seconds:.1f} seconds number {self.calls}", language="en",
+                          confidence=0.9, duration_s=round(seconds, 3))
+
+    async def aclose(self):
+        pass

@@ -45,3 +45,10 @@ def test_explain_documents_every_setting():
     text = explain()
     assert "VOXBRIDGE_VAD__SILENCE_MS" in text
     assert "max_concurrent_transcriptions" in text
+
+
+def test_pathological_toml_is_a_config_error(tmp_path):
+    path = tmp_path / "voxbridge.toml"
+    path.write_text("a = " + "[" * 5000)
+    with pytest.raises(ConfigError, match="nested too deeply|invalid TOML"):
+        load_settings(path, env={})

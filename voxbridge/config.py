@@ -114,6 +114,7 @@ class ConversationSettings:
     thinking_cue: bool = _field(False, "Play a short quiet sound while waiting for the agent's first sentence.")
     mirror: bool = _field(False, "Post each transcript and answer to the voice channel's text chat (or mirror_channel).")
     mirror_channel: str = _field("", "Text channel id for the mirror (empty: the voice channel's own chat).")
+    max_turns_per_minute: int = _field(0, "Per user: turns beyond this in any 60 s are stored but not routed (reason rate_limited). 0: no limit.", _non_negative)
     keepalive_s: float = _field(15.0, "While connected and idle, send a few silent frames this often (some clients stop hearing a silent bot; 0 disables).", _non_negative)
 
 
@@ -122,6 +123,7 @@ class StoreSettings:
     url: str = _field("", "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db) or postgresql://user@host:5432/db (extra `postgres`).")
     redis_url: str = _field("", "Optional Redis (redis://host:6379/0): shared session cache, one owner per guild voice connection, reload broadcast. Empty: none.")
     session_ttl_s: int = _field(300, "How long Redis caches a session.", _positive)
+    retry_s: float = _field(30.0, "A database call failing with a connection error is retried (backoff) this long before its turn fails: a restarted PostgreSQL loses nothing.", _non_negative)
 
 
 @attrs.frozen
@@ -288,6 +290,8 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(toml_error_where(source, exc), f"invalid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(source, "invalid TOML: nested too deeply") from None
     for section in data:
         if section not in SECTIONS:
             raise ConfigError(f"{source}: [{section}]", f"unknown section; known: {', '.join(SECTIONS)}")

@@ -259,6 +259,8 @@ def parse_agents(text: str, source: str = "agents.toml", env: dict[str, str] | N
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(toml_error_where(source, exc), f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: "[[[[..." would otherwise escape
+        raise ConfigError(source, "invalid TOML: nested too deeply") from None
     for key in data:
         if key not in ("routing", "agents", "rules"):
             raise ConfigError(loc.where(key), f"unknown top-level key {key!r}; expected [routing], [[agents]] and [[rules]]")

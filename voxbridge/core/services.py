@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +44,27 @@ def log_observer(kind: str, fields: dict[str, Any]) -> None:
     log.info("event=%s %s", kind, " ".join(parts))
 
 
+class RateLimit:
+    """At most `per_minute` turns per (guild, user) in any sliding 60 s; 0 = unlimited."""
+
+    def __init__(self, per_minute: int, clock=time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._times: dict[tuple[str, str], collections.deque] = {}
+
+    def allow(self, guild_id: str, user_id: str) -> bool:
+        if not self.per_minute:
+            return True
+        now = self.clock()
+        q = self._times.setdefault((guild_id, user_id), collections.deque())
+        while q and q[0] <= now - 60:
+            q.popleft()
+        if len(q) >= self.per_minute:
+            return False
+        q.append(now)
+        return True
+
+
 class AgentsHolder:
     """The live agents config: swapped atomically; a turn keeps the snapshot it started with.
     Agent health (circuit breakers, concurrency limits) lives here and survives reloads."""
@@ -75,6 +97,7 @@ class Services:
     observer: Observer = log_observer
     counters: collections.Counter = attrs.field(factory=collections.Counter)
     ignored: set[str] = attrs.field(factory=set)  # users who opted out (/voxbridge ignore-me)
+    rate_limit: RateLimit = attrs.field(factory=lambda: RateLimit(0))
 
     @property
     def broadcaster(self):
@@ -111,12 +134,14 @@ async def open_services(settings: Settings, *, agents: AgentsConfig | None = Non
     elif tts is False:
         tts = None
     store = await trio.to_thread.run_sync(
-        lambda: open_store(store_url or settings.store_url, settings.store.redis_url, session_ttl_s=settings.store.session_ttl_s))
+        lambda: open_store(store_url or settings.store_url, settings.store.redis_url, session_ttl_s=settings.store.session_ttl_s,
+                           retry_s=settings.store.retry_s))
     http = make_http_client()
     services = Services(
         settings=settings, stt=stt, tts=tts, store=store, http=http, agents=AgentsHolder(agents_cfg),
         vad=VadFactory(settings.vad.backend, settings.vad.energy_floor_dbfs),
         vad_limiter=trio.CapacityLimiter(2), observer=observer or log_observer,
+        rate_limit=RateLimit(settings.conversation.max_turns_per_minute),
     )
     services.ignored = await store.ignored_users()
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -220,6 +221,7 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
     try:
         # 1. Stored before anything else can fail.
         start = await store.begin_turn({
+            "id": str(uuid.uuid4()),  # chosen here, so a retried insert is recognised, not duplicated
             "guild_id": speaker.guild_id, "channel_id": speaker.channel_id, "user_id": speaker.user_id,
             "user_name": speaker.user_name, "transcript": transcript.text, "language": transcript.language,
             "confidence": transcript.confidence, "duration_ms": round(transcript.duration_s * 1000), "timings": timings,
@@ -234,7 +236,9 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
         if room is not None:
             mode, why = room.effective_mode()
             reason = None
-            if room.echo.is_echo(text):
+            if not services.rate_limit.allow(speaker.guild_id, speaker.user_id):
+                reason = "rate_limited"
+            elif room.echo.is_echo(text):
                 reason = "echo"  # the bot hearing itself through someone's microphone
             elif mode == "transcribe":
                 reason = "transcribe_only"
@@ -395,8 +399,9 @@ async def _single(services, cfg, decision, turn: TurnInfo, payload_for, speech: 
     first = cfg.get(decision.agent_ids[0])
     if notice := _notice(services, first):
         speech.say(notice)
-    reason = errors[0].split(": ", 1)[1] if errors else "failed"
-    return None, f"{reason}; " + "; ".join(errors) if len(errors) > 1 else reason
+    # "<reason>: <agent>: <reason> (<detail>); <agent>: ...": the first token is always the reason
+    reason = errors[0].split(": ", 1)[1].split(" ", 1)[0] if errors else "failed"
+    return None, f"{reason}: " + "; ".join(errors)
 
 
 async def _broadcast(services, cfg, decision, turn: TurnInfo, payload_for, speech: _Speech, text_out, timings, ms):

@@ -9,10 +9,13 @@ a crash after transcription never loses what someone said.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Protocol
 
 import attrs
 import trio
+
+log = logging.getLogger("voxbridge.store")
 
 TURN_STATUSES = ("transcribed", "routed", "answered", "failed", "not_routed")
 
@@ -57,12 +60,39 @@ class SyncStore(Protocol):
     def close(self) -> None: ...
 
 
-class Store:
-    """Async facade: every method of the sync backend, run in a thread under a limiter."""
+def is_transient(exc: BaseException) -> bool:
+    """A lost or refused database connection (worth retrying), not a bad query."""
+    try:
+        import psycopg
 
-    def __init__(self, backend: SyncStore):
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return True
+    except ImportError:  # pragma: no cover - postgres extra not installed
+        pass
+    try:
+        from psycopg_pool import PoolTimeout
+
+        if isinstance(exc, PoolTimeout):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    import sqlite3
+
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+class Store:
+    """Async facade: every method of the sync backend, run in a thread under a limiter.
+
+    A call failing with a transient error (connection refused or killed, pool timeout, SQLite
+    busy) is retried with backoff for up to `retry_s`: a PostgreSQL restart delays turns, it
+    does not lose them. Other errors are raised at once."""
+
+    def __init__(self, backend: SyncStore, retry_s: float = 30.0):
         self.backend = backend
+        self.retry_s = retry_s
         self.limiter = trio.CapacityLimiter(backend.max_concurrency)
+        self.retries = 0
 
     def __getattr__(self, name: str):
         method = getattr(self.backend, name)
@@ -70,7 +100,18 @@ class Store:
             return method
 
         async def call(*args, **kwargs):
-            return await trio.to_thread.run_sync(functools.partial(method, *args, **kwargs), limiter=self.limiter)
+            deadline = trio.current_time() + self.retry_s
+            delay = 0.1
+            while True:
+                try:
+                    return await trio.to_thread.run_sync(functools.partial(method, *args, **kwargs), limiter=self.limiter)
+                except Exception as exc:
+                    if not is_transient(exc) or trio.current_time() + delay > deadline:
+                        raise
+                    self.retries += 1
+                    log.warning("event=store_retry call=%s error=%s delay_s=%.1f", name, type(exc).__name__, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
 
         call.__name__ = name
         return call
@@ -79,7 +120,7 @@ class Store:
         await trio.to_thread.run_sync(self.backend.close, limiter=self.limiter)
 
 
-def open_store(url: str, redis_url: str = "", *, session_ttl_s: int = 300) -> Store:
+def open_store(url: str, redis_url: str = "", *, session_ttl_s: int = 300, retry_s: float = 30.0) -> Store:
     """`sqlite:///path.db` (relative) or `sqlite:////abs/path.db`, `postgresql://user@host/db`;
     `redis_url` (`redis://host:6379/0`) adds the shared cache/lock/broadcast layer."""
     from ..errors import ConfigError
@@ -105,4 +146,4 @@ def open_store(url: str, redis_url: str = "", *, session_ttl_s: int = 300) -> St
         from .redis_layer import RedisLayer
 
         backend = RedisLayer(backend, redis_url, session_ttl_s=session_ttl_s)
-    return Store(backend)
+    return Store(backend, retry_s)

@@ -45,6 +45,7 @@ class PostgresStore(SqlStore):
             raise ConfigError("[store].url", "PostgreSQL needs the `postgres` extra: pip install 'voxbridge[postgres]'") from None
         self.max_concurrency = pool_size
         self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
+                                   check=ConnectionPool.check_connection,  # drop connections the server killed
                                    kwargs={"autocommit": False, "connect_timeout": 5})
         self.pool.wait(timeout=10)
         self._migrate()

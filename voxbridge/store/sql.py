@@ -121,6 +121,14 @@ class SqlStore:
         """Insert a transcribed turn, numbered within the speaker's conversation, atomically;
         with `history`, the conversation's last answered turns come back in the same transaction."""
         with self._transaction(write=True) as cur:
+            if turn.get("id"):  # a retry after a commit whose reply was lost: do not insert twice
+                done = self._one(cur, "select t.id, t.number, t.conversation_id, t.session_id, s.agent_id from turns t"
+                                      " join sessions s on s.guild_id = t.guild_id and s.user_id = t.user_id where t.id = ?",
+                                 (turn["id"],))
+                if done:
+                    previous = self._recent(cur, done["conversation_id"], history) if history else []
+                    return TurnStart(done["id"], done["number"], done["conversation_id"], done["session_id"],
+                                     done["agent_id"], tuple(p for p in previous if p["id"] != done["id"]))
             self._ensure_session(cur, turn["guild_id"], turn["user_id"])
             row = self._one(cur, "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
                                  " returning conversation_id, session_id, agent_id, turn_count",
