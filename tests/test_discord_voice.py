@@ -69,14 +69,18 @@ def test_three_members_heard_through_pycord_threads_and_answers_played(settings,
                 return turns, speakers, vc, demo.calls
 
     turns, speakers, vc, calls = run_guest(main)
-    by_user = {t["user_id"]: t for t in turns}
+    by_user = {}
+    for t in sorted(turns, key=lambda t: t["number"]):
+        by_user.setdefault(t["user_id"], []).append(t)
     assert set(by_user) == {str(u) for u in LINES}  # three members, each heard; the bot's own audio ignored
     assert str(BOT_ID) not in speakers and vc.sink.ignored >= 50
     for uid, (_, text) in LINES.items():
-        t = by_user[str(uid)]
-        assert t["status"] == "answered" and wer(text, t["transcript"]) <= 0.25
-        assert t["timings"]["played_frames"] > 0
+        mine = by_user[str(uid)]
+        # Normally one turn each; a feeder thread starved past the silence threshold (like an
+        # 800 ms network stall) splits an utterance, and then every part must still be answered.
+        assert all(t["status"] == "answered" and t["timings"]["played_frames"] > 0 for t in mine)
+        assert wer(text, " ".join(t["transcript"] for t in mine)) <= 0.25
     assert all(len(f) == FRAME_BYTES for f in vc.output)
     audio = discord_to_mono(b"".join(vc.output))
     assert np.sqrt(np.mean(audio**2)) > 0.01  # the answers were really spoken
-    assert vc.plays >= 1 and len(calls) == 3
+    assert vc.plays >= 1 and len(calls) == len(turns)

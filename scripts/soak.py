@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Soak and load: every utterance must become exactly one stored turn with a final status.
+
+Scenarios (each a full ChannelSession pipeline with real VAD, SQLite store, loopback agents):
+  load-fake   20 channels x 5 speakers, fast fake STT (engine cost out of the way)
+  load-real   8 speakers in one channel, the real tiny.en model
+  faults      agents that refuse, 500, hang before the first byte, close mid-stream, send garbage,
+              send 50 MB: every turn stored failed with its reason, the rest answered
+  pg-kill     PostgreSQL store while every connection is killed in waves (needs the server)
+  soak        load-fake rounds for --minutes; RSS sampled each round (flat = no leak)
+Prints a table and writes JSON (bench-out/soak.json). Nothing about time is asserted.
+
+  .venv/bin/python scripts/soak.py                       # all but soak
+  .venv/bin/python scripts/soak.py --soak --minutes 10   # plus the 10-minute soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import FastFakeStt, SpeechMaker  # noqa: E402
+from voxbridge.agents.config import parse_agents  # noqa: E402
+from voxbridge.audio.convert import split_frames  # noqa: E402
+from voxbridge.config import load_settings  # noqa: E402
+from voxbridge.core.channel import ChannelSession  # noqa: E402
+from voxbridge.core.playback import CollectSink  # noqa: E402
+from voxbridge.core.services import open_services  # noqa: E402
+from voxbridge.net.http_server import serve_http  # noqa: E402
+
+FINAL = {"answered", "failed", "not_routed"}
+LINES = ["What time is it?", "Tell me a joke.", "How are you doing today?", "Please check the weather for tomorrow."]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Agents:
+    """Loopback agents: /ok answers, the others misbehave as their path says."""
+
+    async def handle(self, req, resp):
+        kind = req.path.strip("/").split("/")[0]
+        if kind == "ok":
+            await resp.respond(200, {"output": "Noted, thank you."})
+        elif kind == "http500":
+            await resp.respond(500, {"error": "boom"})
+        elif kind == "hang":
+            await trio.sleep(3600)
+        elif kind == "close":
+            await resp.start(200, {"content-type": "application/json"})
+            await resp.send(b'{"type":"item","content":"half')
+            raise RuntimeError("dies mid-stream")
+        elif kind == "garbage":
+            await resp.respond(200, b"{\x00\xff not json", "application/json")
+        elif kind == "huge":
+            await resp.start(200, {"content-type": "text/plain"})
+            for _ in range(50):
+                await resp.send(b"x" * (1 << 20))
+            await resp.end()
+
+
+def agents_config(url: str, kind: str):
+    target = f"{url}/{kind}" if kind != "refuse" else "http://127.0.0.1:1/refuse"
+    return parse_agents(f'[[agents]]\nid = "a"\nname = "Agent"\nkind = "n8n"\nurl = "{target}"\nretries = 1\ntimeout_s = 1\n'
+                        f'total_timeout_s = 3\nmax_response_bytes = 1048576\nmax_concurrency = 64\ncircuit_failures = 1000\n',
+                        "soak.toml", env={})
+
+
+async def run_channels(settings, stt, agents, clips, channels: int, speakers: int, utterances: int, store_url: str):
+    lag: list[float] = []
+
+    async def probe():
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(0.01)
+            lag.append(trio.current_time() - t0 - 0.01)
+
+    async with open_services(settings, agents=agents, stt=stt, tts=False, store_url=store_url, observer=lambda k, f: None) as services:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe)
+            sessions = [await nursery.start(ChannelSession(services, f"g{c}", f"c{c}", CollectSink()).run) for c in range(channels)]
+
+            async def speaker(session, j):
+                h = session.add_speaker(f"{session.guild_id}-u{j}", f"u{j}")
+                for k in range(utterances):
+                    for frame in split_frames(clips[(j + k) % len(clips)]):
+                        await h.send(frame)
+                await h.finish()
+                await h.finished.wait()
+
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as n:
+                for s in sessions:
+                    for j in range(speakers):
+                        n.start_soon(speaker, s, j)
+            wall = time.perf_counter() - t0
+            nursery.cancel_scope.cancel()
+        rows = await services.store.list_turns(limit=1_000_000)
+    return rows, wall, lag
+
+
+def row(scenario, runs, expected, rows, crashes, wall, lag, extra=""):
+    stored = len(rows)
+    final = sum(r["status"] in FINAL for r in rows)
+    statuses = {}
+    for r in rows:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return {"scenario": scenario, "runs": runs, "turns_expected": expected, "turns_stored": stored, "final": final,
+            "crashes": crashes, "wall_s": round(wall, 1), "loop_lag_p99_ms": round(float(np.percentile(lag, 99)) * 1000, 1) if lag else None,
+            "rss_mb": round(rss_mb(), 0), "statuses": statuses, "note": extra}
+
+
+async def main_async(args):
+    base = load_settings(env={})
+    base = attrs.evolve(base, conversation=attrs.evolve(base.conversation, addressed_above_humans=0),
+                        agents=attrs.evolve(base.agents, failure_notice=""))
+    from voxbridge.tts.piper import PiperTts
+
+    piper = PiperTts(base.tts)
+    await piper.load()
+    maker = SpeechMaker(piper)
+    clips = [maker.discord(t, 0.2, 1.2) for t in LINES]
+    results = []
+    async with trio.open_nursery() as root:
+        agent_server = Agents()
+        port = await root.start(serve_http, agent_server.handle)
+        url = f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as tmp:
+            def db(name):
+                return f"sqlite:///{tmp}/{name}.db"
+
+            if "load-fake" in args.scenarios:
+                crashes = 0
+                try:
+                    rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, "ok"), clips, 20, 5, 2, db("fake"))
+                except Exception:
+                    crashes, rows, wall, lag = 1, [], 0, []
+                results.append(row("load-fake 20x5", 1, 200, rows, crashes, wall, lag))
+            if "load-real" in args.scenarios:
+                from voxbridge.stt.local import LocalWhisper
+
+                stt = LocalWhisper(base.stt)
+                await stt.load()
+                rows, wall, lag = await run_channels(base, stt, agents_config(url, "ok"), clips, 1, 8, 2, db("real"))
+                results.append(row("load-real 8 speakers", 1, 16, rows, 0, wall, lag))
+            if "faults" in args.scenarios:
+                for kind in ("refuse", "http500", "hang", "close", "garbage", "huge"):
+                    rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, kind), clips, 2, 3, 2, db(kind))
+                    reasons = sorted({(r["error"] or "").split(":")[0] for r in rows})
+                    results.append(row(f"agent {kind}", 1, 12, rows, 0, wall, lag, "reasons: " + ",".join(reasons)))
+            if "pg-kill" in args.scenarios:
+                results.append(await pg_kill(base, url, clips))
+            if args.soak:
+                samples = []
+                end = time.monotonic() + args.minutes * 60
+                rounds, expected, stored, final = 0, 0, 0, 0
+                lag_all: list[float] = []
+                while time.monotonic() < end:
+                    rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, "ok"), clips, 5, 4, 2, db(f"soak{rounds % 2}"))
+                    rounds += 1
+                    expected += 40
+                    stored += len(rows)
+                    final += sum(r["status"] in FINAL for r in rows)
+                    lag_all += lag
+                    samples.append(round(rss_mb(), 1))
+                    Path(tmp, f"soak{rounds % 2}.db").unlink(missing_ok=True)
+                results.append({"scenario": f"soak {args.minutes} min (5x4 per round)", "runs": rounds, "turns_expected": expected,
+                                "turns_stored": stored, "final": final, "crashes": 0,
+                                "loop_lag_p99_ms": round(float(np.percentile(lag_all, 99)) * 1000, 1),
+                                "rss_mb": samples[-1], "rss_first_last": [samples[0], samples[-1]],
+                                "rss_samples": samples, "note": f"RSS first {samples[0]} MB, last {samples[-1]} MB"})
+        root.cancel_scope.cancel()
+    header = f"{'scenario':<28} {'runs':>4} {'expected':>8} {'stored':>6} {'final':>5} {'crashes':>7} {'lag p99 ms':>10} {'RSS MB':>6}  note"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(f"{r['scenario']:<28} {r['runs']:>4} {r['turns_expected']:>8} {r['turns_stored']:>6} {r['final']:>5} {r['crashes']:>7} "
+              f"{r['loop_lag_p99_ms'] if r['loop_lag_p99_ms'] is not None else '-':>10} {r['rss_mb']:>6}  {r.get('note', '')}")
+    out = Path(args.out)
+    await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
+    await trio.to_thread.run_sync(out.write_text, json.dumps(results, indent=2))
+    print(f"\nJSON: {out}")
+
+
+async def pg_kill(base, url, clips):
+    import os
+    import uuid
+
+    import psycopg
+
+    admin_url = os.environ.get("VOXBRIDGE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"voxbridge_soak_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(f'create database "{name}"')
+    kills = [0]
+    try:
+        async def killer():
+            admin = psycopg.connect(admin_url, autocommit=True)
+            try:
+                for _ in range(6):
+                    await trio.sleep(0.5)
+                    kills[0] += admin.execute("select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = %s",
+                                              (name,)).fetchone()[0]
+            finally:
+                admin.close()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(killer)
+            rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, "ok"), clips, 4, 4, 2,
+                                                 admin_url.rpartition("/")[0] + f"/{name}")
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as c:
+            c.execute(f'drop database if exists "{name}" with (force)')
+    return row("pg connections killed", 1, 32, rows, 0, wall, lag, f"{kills[0]} connections killed")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", nargs="+", default=["load-fake", "load-real", "faults", "pg-kill"])
+    p.add_argument("--soak", action="store_true", help="also run the long soak")
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--out", default="bench-out/soak.json")
+    trio.run(main_async, p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
