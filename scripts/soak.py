@@ -180,7 +180,7 @@ async def main_async(args):
                     final += sum(r["status"] in FINAL for r in rows)
                     lag_all += lag
                     samples.append(round(rss_mb(), 1))
-                    Path(tmp, f"soak{rounds % 2}.db").unlink(missing_ok=True)
+                    await trio.to_thread.run_sync(Path(tmp, f"soak{rounds % 2}.db").unlink, True)  # missing_ok
                 results.append({"scenario": f"soak {args.minutes} min (5x4 per round)", "runs": rounds, "turns_expected": expected,
                                 "turns_stored": stored, "final": final, "crashes": 0,
                                 "loop_lag_p99_ms": round(float(np.percentile(lag_all, 99)) * 1000, 1),
