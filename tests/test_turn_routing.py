@@ -239,3 +239,13 @@ async def test_per_agent_concurrency_limit(settings, world):
             for i in range(6):
                 n.start_soon(ask, services, f"q{i}", f"user{i}")
     assert peak[0] == 2
+
+
+async def test_very_long_transcript_is_truncated_in_the_payload_with_a_marker(settings, world):
+    agents, url = world
+    async with open_services(settings, agents=config(url), stt=False, tts=False) as services:
+        out = await ask(services, "word " * 5000)
+        row = await services.store.get_turn(out.turn_id)
+    sent = agents.calls[0][1]["text"]
+    assert len(sent) <= 4000 + len(" […truncated]") and sent.endswith("[…truncated]")
+    assert row["transcript"] == "word " * 5000  # the store keeps the whole transcript
