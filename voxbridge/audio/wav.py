@@ -10,10 +10,10 @@ import numpy as np
 from ..errors import VoxBridgeError
 
 
-def read_wav_mono(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a PCM WAV as mono float32 and its sample rate; a clear error for anything else."""
+def read_wav_mono(path) -> tuple[np.ndarray, int]:
+    """Read a PCM WAV (a path or a binary file object) as mono float32 and its sample rate."""
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(path if hasattr(path, "read") else str(path), "rb") as w:
             channels, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             raw = w.readframes(n)
     except FileNotFoundError:

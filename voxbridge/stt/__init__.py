@@ -38,4 +38,9 @@ async def create_stt(settings) -> SttEngine:
         engine = LocalWhisper(settings.stt)
         await engine.load()
         return engine
+    from .remote import OpenAiStt, WebsocketStt, WyomingStt
+
+    remote = {"wyoming": WyomingStt, "openai": OpenAiStt, "websocket": WebsocketStt}.get(settings.stt.backend)
+    if remote is not None:
+        return remote(settings.stt)
     raise ValueError(f"unknown stt backend {settings.stt.backend!r}")  # config validation prevents this

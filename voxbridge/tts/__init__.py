@@ -29,4 +29,9 @@ async def create_tts(settings) -> TtsEngine | None:
         engine = PiperTts(settings.tts)
         await engine.load()
         return engine
+    from .remote import OpenAiTts, WyomingTts
+
+    remote = {"wyoming": WyomingTts, "openai": OpenAiTts}.get(settings.tts.backend)
+    if remote is not None:
+        return remote(settings.tts)
     raise ValueError(f"unknown tts backend {settings.tts.backend!r}")
