@@ -251,3 +251,11 @@ def test_mode_and_ignore_me_commands(settings):
     title, in_memory, still_speaker, new_handle, stored = out["ignored"]
     assert title == "I will not listen to you" and in_memory and new_handle is None and stored == {"11"}
     assert out["back"] == ("Listening to you again", set())
+
+
+def test_shard_settings_make_a_sharded_bot(settings):
+    from voxbridge.discord.adapter import make_bot
+
+    sharded = make_bot(attrs.evolve(settings, discord=attrs.evolve(settings.discord, shard_count=4, shard_ids=("2", "3"))))
+    assert isinstance(sharded, discord.AutoShardedBot) and sharded.shard_count == 4 and sharded.shard_ids == [2, 3]
+    assert not isinstance(make_bot(settings), discord.AutoShardedBot)

@@ -148,6 +148,8 @@ class DiscordSettings:
     join_roles: tuple[str, ...] = _field((), "Role ids allowed to use /join and /leave; empty: anyone who may connect to the channel.")
     alone_timeout_s: float = _field(60.0, "Leave a channel after being the only member (bots aside) for this long.", _positive)
     sync_commands: bool = _field(True, "Register the slash commands with Discord at start.")
+    shard_count: int = _field(0, "Total shards across all instances (0: one unsharded connection).", _non_negative)
+    shard_ids: tuple[str, ...] = _field((), "The shard ids this instance runs, e.g. [\"0\", \"1\"] (with shard_count; empty: all).")
 
 
 @attrs.frozen
@@ -164,6 +166,9 @@ class DaemonSettings:
     discord: bool = _field(True, "Connect to Discord (false: API and simulated voice channels only; `voxbridge run --no-discord`).")
     shutdown_grace_s: float = _field(20.0, "On SIGTERM, how long turns in flight may take to finish before they are cancelled.", _positive)
     recordings: bool = _field(True, "Simulated channels (no Discord) write what they played to <state_dir>/recordings/ on leave.")
+    instance_id: str = _field("", "This instance's name among several sharing Redis (default: hostname:pid).")
+    public_api_url: str = _field("", "How other instances reach this one's API, for forwarded /voice/speak (default: http://[api].host:port).")
+    voice_lock_ttl_s: float = _field(10.0, "With Redis: one instance owns a guild's voice connection; the lock expires this long after its owner stops renewing it (hand-over time).", _positive)
 
 
 @attrs.frozen
@@ -327,6 +332,12 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         name, _, level = spec.partition("=")
         if not name or level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"{source}: [log].levels[{i}]", f"expected \"logger=level\" with level debug|info|warning|error, got {spec!r}")
+    d = settings.discord
+    for i, shard in enumerate(d.shard_ids):
+        if not shard.isdigit() or (d.shard_count and int(shard) >= d.shard_count):
+            raise ConfigError(f"{source}: [discord].shard_ids[{i}]", f"must be a shard number below shard_count ({d.shard_count}), got {shard!r}")
+    if d.shard_ids and not d.shard_count:
+        raise ConfigError(f"{source}: [discord].shard_ids", "needs shard_count")
     for section in (settings.stt, settings.tts):
         name = "stt" if section is settings.stt else "tts"
         if section.backend in ("wyoming", "openai", "websocket") and not section.endpoints:

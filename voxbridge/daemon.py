@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from .agents.reloader import AgentsReloader
 from .config import Settings
-from .core.control import Control
+from .core.control import Control, ControlError
 from .core.services import log_observer, open_services
 from .net.http_server import serve_http
 from .ops.api import ControlApi, resolve_api_token
 from .ops.local_voice import LocalVoice
 from .ops.metrics import Metrics
+from .ops.ownership import OwnedVoice, Ownership
 from .ops.systemd import Notifier
 
 log = logging.getLogger("voxbridge.daemon")
@@ -49,6 +52,7 @@ class Daemon:
         self.voice = None
         self.reloader: AgentsReloader | None = None
         self.api_port: int | None = None
+        self.ownership: Ownership | None = None
         self.clean_exit = False
 
     def observe(self, kind: str, fields: dict) -> None:
@@ -85,12 +89,25 @@ class Daemon:
             else:
                 recordings = settings.state_path / "recordings" if settings.daemon.recordings else None
                 self.voice = LocalVoice(control, nursery, recordings)
+            d = settings.daemon
+            instance = d.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+            self.ownership = Ownership(services.broadcaster, instance, "", d.voice_lock_ttl_s)
+            local_voice = self.voice
+            self.voice = OwnedVoice(local_voice, self.ownership)
             if settings.api.enabled:
                 api = ControlApi(control, self.voice, self.metrics, self.reloader, token=self.api_token,
-                                 readiness=self.readiness, max_body=settings.api.max_body_bytes)
+                                 readiness=self.readiness, max_body=settings.api.max_body_bytes, ownership=self.ownership)
                 self.api_port = await nursery.start(functools.partial(serve_http, api.handle, settings.api.host, settings.api.port))
                 log.info("event=api_listening host=%s port=%s auth=%s", settings.api.host, self.api_port,
                          "bearer" if self.api_token else "read_only")
+            self.ownership.api_url = d.public_api_url or f"http://{settings.api.host}:{self.api_port}"
+
+            async def lost(guild: str) -> None:  # another instance holds the lock now: step back
+                await local_voice.leave(guild)
+
+            await nursery.start(self.ownership.run, lost)
+            if local_voice.kind != "discord":  # Discord mode joins from its own auto_join/commands
+                nursery.start_soon(self._claim_loop)
             if signals:
                 nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self.notifier.watchdog)
@@ -105,6 +122,20 @@ class Daemon:
         self.clean_exit = True
         log.info("event=stopped")
         return 0
+
+    async def _claim_loop(self) -> None:
+        """Keep trying to hold the configured channels ([discord].auto_join "GUILD:CHANNEL"):
+        a standby instance takes a guild over when its owner's lock expires."""
+        wanted = [spec.partition(":")[::2] for spec in self.settings.discord.auto_join]
+        while True:
+            for guild, channel in wanted:
+                if guild and channel and self.control.channel(guild) is None and not self.stop_requested.is_set():
+                    try:
+                        await self.voice.join(guild, channel)
+                        log.info("event=voice_taken_over guild=%s instance=%s", guild, self.ownership.instance_id)
+                    except ControlError:
+                        pass  # another instance owns it; try again later
+            await trio.sleep(max(0.2, self.settings.daemon.voice_lock_ttl_s / 2))
 
     async def _signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

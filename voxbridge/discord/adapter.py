@@ -498,7 +498,11 @@ def make_bot(settings: Settings) -> discord.Bot:
     intents.guilds = True
     intents.voice_states = True
     intents.members = True  # role checks and member lookup for voice (privileged: enable it in the portal)
-    return discord.Bot(intents=intents, auto_sync_commands=settings.discord.sync_commands)
+    d = settings.discord
+    if d.shard_count:  # several instances split the guilds by shard
+        ids = [int(i) for i in d.shard_ids] or None
+        return discord.AutoShardedBot(intents=intents, auto_sync_commands=d.sync_commands, shard_count=d.shard_count, shard_ids=ids)
+    return discord.Bot(intents=intents, auto_sync_commands=d.sync_commands)
 
 
 def wire(app: VoxApp) -> None:

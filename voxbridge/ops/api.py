@@ -55,7 +55,9 @@ def resolve_api_token(settings, env: dict[str, str] | None = None) -> str | None
 
 
 class ControlApi:
-    def __init__(self, control: Control, voice, metrics, reloader, *, token: str | None, readiness, max_body: int = 65536):
+    def __init__(self, control: Control, voice, metrics, reloader, *, token: str | None, readiness, max_body: int = 65536,
+                 ownership=None):
+        self.ownership = ownership  # scale-out: forward /voice/speak to the guild's owner
         self.control = control
         self.voice = voice  # LocalVoice or the Discord adapter's voice backend
         self.metrics = metrics
@@ -179,6 +181,19 @@ class ControlApi:
             raise ApiError(422, "invalid_field", "'text' must be a non-empty string")
         if len(text) > MAX_TEXT:
             raise ApiError(422, "invalid_field", f"'text' is longer than {MAX_TEXT} characters")
+        if self.control.channel(guild) is None and self.ownership is not None:
+            owner, url = await self.ownership.owner_url(guild)
+            if url:  # another instance has this guild's voice: hand the request to it
+                import httpx
+
+                async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+                    r = await http.post(url.rstrip("/") + "/voice/speak", json={"guild_id": guild, "text": text},
+                                        headers={"authorization": req.headers.get("authorization", "")})
+                try:
+                    body = r.json()
+                except ValueError:
+                    body = {"error": "bad_gateway", "detail": "the owning instance answered something else"}
+                return r.status_code, {**body, "forwarded_to": owner}, None
         try:
             speech_id = self.control.speak(guild, text)
         except ControlError as exc:
