@@ -12,6 +12,9 @@ For 1, 3 and 8 concurrent speakers (each saying several Piper-made utterances of
   global lock (kinder than the original, which dropped the other speakers outright).
 
 Prints a table and writes JSON (default bench-out/bench_stt.json). No timing is asserted.
+
+`--backends local stt-serve wyoming` compares STT backends instead: the same clips in-process,
+through `voxbridge stt-serve` (WebSocket) and through wyoming-faster-whisper (bundled tiny.en).
 """
 
 from __future__ import annotations
@@ -218,12 +221,102 @@ async def main_async(args):
     print(f"\nJSON: {out}")
 
 
+async def compare_backends(args):
+    """The same clips through each STT backend: per-request latency (one client, sequential) and
+    throughput (3 concurrent clients), as ratios to the in-process engine, in one run."""
+    import socket
+    import subprocess
+
+    from voxbridge.ops.stt_serve import serve
+    from voxbridge.stt.local import bundled_model_path
+    from voxbridge.stt.remote import WebsocketStt, WyomingStt
+
+    base = load_settings(env={})
+    piper = PiperTts(base.tts)
+    await piper.load()
+    clips = [resample(sp.audio, sp.rate, STT_RATE) for sp in [await piper.synthesize(t) for t in SENTENCES]]
+    local = LocalWhisper(base.stt)
+    await local.load()
+    engines, procs = {}, []
+    async with trio.open_nursery() as nursery:
+        if "local" in args.backends:
+            engines["local (in-process)"] = local
+        if "stt-serve" in args.backends:
+            served = LocalWhisper(base.stt)
+            await served.load()
+            _, ports = await nursery.start(lambda task_status: serve(base, ws_port=0, wyoming_port=None, engine=served,
+                                                                      task_status=task_status))
+            engines["stt-serve (websocket)"] = WebsocketStt(attrs.evolve(base.stt, backend="websocket",
+                                                                         endpoints=(f"ws://127.0.0.1:{ports['websocket']}",)))
+        if "wyoming" in args.backends:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            import tempfile
+
+            data = tempfile.mkdtemp()
+            cmd = [sys.executable, "-m", "wyoming_faster_whisper", "--uri", f"tcp://127.0.0.1:{port}", "--model",
+                   str(bundled_model_path()), "--data-dir", data, "--language", "en", "--local-files-only", "--beam-size", "1"]
+            procs.append(await trio.to_thread.run_sync(
+                lambda: subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+            for _ in range(600):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    await trio.sleep(0.1)
+            engines["wyoming-faster-whisper"] = WyomingStt(attrs.evolve(base.stt, backend="wyoming", endpoints=(f"tcp://127.0.0.1:{port}",)))
+        rows = []
+        try:
+            for name, engine in engines.items():
+                await engine.transcribe(clips[0])  # warm-up (first request loads lazily on some servers)
+                lat, wers = [], []
+                for clip, text in zip(clips, SENTENCES, strict=True):
+                    t0 = time.perf_counter()
+                    tr = await engine.transcribe(clip)
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    wers.append(wer(text, tr.text))
+                t0 = time.perf_counter()
+                async def client(engine, share):
+                    for clip in share:
+                        await engine.transcribe(clip)
+
+                async with trio.open_nursery() as clients:
+                    for c in range(3):
+                        clients.start_soon(client, engine, clips[c::3])
+                wall = time.perf_counter() - t0
+                speech_s = sum(len(c) for c in clips) / STT_RATE
+                rows.append({"backend": name, "n": len(clips), "latency_p50_ms": pct(lat, 50), "latency_p95_ms": pct(lat, 95),
+                             "throughput_speech_s_per_s": speech_s / wall, "wer": statistics.mean(wers)})
+        finally:
+            for proc in procs:
+                proc.kill()
+        nursery.cancel_scope.cancel()
+    ref = rows[0]
+    header = f"{'backend':<24} {'n':>3} {'p50 ms':>7} {'p95 ms':>7} {'p50 x local':>11} {'tput s/s':>8} {'tput x local':>12} {'WER':>5}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        r["p50_ratio"] = r["latency_p50_ms"] / ref["latency_p50_ms"]
+        r["throughput_ratio"] = r["throughput_speech_s_per_s"] / ref["throughput_speech_s_per_s"]
+        print(f"{r['backend']:<24} {r['n']:>3} {r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f} {r['p50_ratio']:>11.2f} "
+              f"{r['throughput_speech_s_per_s']:>8.2f} {r['throughput_ratio']:>12.2f} {r['wer']:>5.2f}")
+    print("\nlatency: one request at a time (clip sent -> transcript); throughput: 3 concurrent clients, speech s per wall s")
+    out = Path(args.out.replace(".json", "_backends.json"))
+    await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
+    await trio.to_thread.run_sync(out.write_text, json.dumps(rows, indent=2))
+    print(f"\nJSON: {out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speakers", type=int, nargs="+", default=[1, 3, 8])
     p.add_argument("--utterances", type=int, default=3, help="utterances per speaker")
+    p.add_argument("--backends", nargs="+", choices=["local", "stt-serve", "wyoming"],
+                   help="instead: compare STT backends on the same clips (local must come first: it is the reference)")
     p.add_argument("--out", default="bench-out/bench_stt.json")
-    trio.run(main_async, p.parse_args())
+    args = p.parse_args()
+    trio.run(compare_backends if args.backends else main_async, args)
 
 
 if __name__ == "__main__":

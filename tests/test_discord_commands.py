@@ -254,8 +254,13 @@ def test_mode_and_ignore_me_commands(settings):
 
 
 def test_shard_settings_make_a_sharded_bot(settings):
+    import asyncio
+
     from voxbridge.discord.adapter import make_bot
 
-    sharded = make_bot(attrs.evolve(settings, discord=attrs.evolve(settings.discord, shard_count=4, shard_ids=("2", "3"))))
+    async def build(s):  # as in production: inside py-cord's running loop
+        return make_bot(s)
+
+    sharded = asyncio.run(build(attrs.evolve(settings, discord=attrs.evolve(settings.discord, shard_count=4, shard_ids=("2", "3")))))
     assert isinstance(sharded, discord.AutoShardedBot) and sharded.shard_count == 4 and sharded.shard_ids == [2, 3]
-    assert not isinstance(make_bot(settings), discord.AutoShardedBot)
+    assert not isinstance(asyncio.run(build(settings)), discord.AutoShardedBot)
