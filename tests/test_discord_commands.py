@@ -264,3 +264,28 @@ def test_shard_settings_make_a_sharded_bot(settings):
     sharded = asyncio.run(build(attrs.evolve(settings, discord=attrs.evolve(settings.discord, shard_count=4, shard_ids=("2", "3")))))
     assert isinstance(sharded, discord.AutoShardedBot) and sharded.shard_count == 4 and sharded.shard_ids == [2, 3]
     assert not isinstance(asyncio.run(build(settings)), discord.AutoShardedBot)
+
+
+def test_discord_joins_respect_another_instances_voice_lock(settings, redis_url):
+    import uuid
+
+    import pytest
+
+    from voxbridge.core.control import ControlError
+    from voxbridge.ops.ownership import Ownership
+    from voxbridge.store.redis_layer import RedisLayer
+    from voxbridge.store.sqlite import SqliteStore
+
+    prefix = f"vbxtest:{uuid.uuid4().hex[:8]}:"
+    other = RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix)
+    assert other.acquire_voice("100", "instance-A", 30_000)
+
+    async def body(app, bot, cmd, services):
+        app.ownership = Ownership(RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), "instance-B", "", 30)
+        with pytest.raises(ControlError, match="held by VoxBridge instance instance-A"):
+            await app.bridge.aio(app.join_voice(bot.get_guild(100).get_channel(200)))
+        return app.control.channel("100")
+
+    assert with_app(settings, body) is None  # refused before any connection attempt
+    other.release_voice("100", "instance-A")
+    other.close()

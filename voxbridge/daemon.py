@@ -53,6 +53,7 @@ class Daemon:
         self.reloader: AgentsReloader | None = None
         self.api_port: int | None = None
         self.ownership: Ownership | None = None
+        self.on_ownership = None  # the Discord adapter's hook: its own joins take the same locks
         self.clean_exit = False
 
     def observe(self, kind: str, fields: dict) -> None:
@@ -92,6 +93,8 @@ class Daemon:
             d = settings.daemon
             instance = d.instance_id or f"{socket.gethostname()}:{os.getpid()}"
             self.ownership = Ownership(services.broadcaster, instance, "", d.voice_lock_ttl_s)
+            if self.on_ownership is not None:
+                self.on_ownership(self.ownership)
             local_voice = self.voice
             self.voice = OwnedVoice(local_voice, self.ownership)
             if settings.api.enabled:

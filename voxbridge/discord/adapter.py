@@ -201,6 +201,7 @@ class VoxApp:
         self._alone_tasks: dict[int, asyncio.Task] = {}
         self.wanted: dict[int, int] = {}  # guild -> channel we intend to be in (for reconnects)
         self._keepalives: dict[int, asyncio.Task] = {}
+        self.ownership = None  # set by the daemon: with Redis, one instance owns a guild's voice
 
     def _update_humans(self, guild_id: int) -> None:
         guild = self.bot.get_guild(guild_id)
@@ -249,6 +250,10 @@ class VoxApp:
 
     async def join_voice(self, channel: discord.VoiceChannel) -> None:
         guild = channel.guild
+        if self.ownership is not None:  # /join, auto-join and follow all take the guild's lock
+            ok, owner = await self.bridge.to_trio(self.ownership.claim, str(guild.id))
+            if not ok:
+                raise ControlError(f"the voice connection of this server is held by VoxBridge instance {owner}")
         self.wanted[guild.id] = channel.id
         vc = guild.voice_client
         if vc is not None and vc.channel and vc.channel.id == channel.id and vc.is_connected():
@@ -293,6 +298,8 @@ class VoxApp:
             await vc.disconnect(force=True)
             left = True
         self.voice.pop(guild.id, None)
+        if self.ownership is not None:
+            await self.bridge.to_trio(self.ownership.release, str(guild.id))
         task = self._keepalives.pop(guild.id, None)
         if task:
             task.cancel()
@@ -441,6 +448,9 @@ def build_commands(app: VoxApp) -> list:
         await ctx.defer(ephemeral=True)
         try:
             await app.join_voice(channel)
+        except ControlError as exc:
+            await ctx.respond(embed=_embed("Could not join", str(exc)), ephemeral=True)
+            return
         except Exception as exc:
             await ctx.respond(embed=_embed("Could not join", f"{type(exc).__name__}; check the bot's Connect/Speak permissions."), ephemeral=True)
             return
@@ -581,6 +591,7 @@ async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, toke
                     await bridge.aio(bot.close())
 
         nursery.start_soon(discord_client)
+        daemon.on_ownership = lambda ownership: setattr(app, "ownership", ownership)
         return DiscordVoice(app)
 
     return await daemon.run(voice_factory=discord_voice, signals=False)
