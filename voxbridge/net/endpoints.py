@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -68,6 +69,12 @@ class EndpointPool:
             self.mark_ok(endpoint)
             return result
         raise ConnectionError("every endpoint failed: " + "; ".join(errors))
+
+
+def bearer_headers(api_key_env: str) -> dict[str, str]:
+    """Authorization from the environment variable *named* in settings (never the key itself)."""
+    key = os.environ.get(api_key_env, "") if api_key_env else ""
+    return {"authorization": f"Bearer {key}"} if key else {}
 
 
 def _shown(endpoint: str) -> str:

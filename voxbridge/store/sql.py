@@ -181,15 +181,19 @@ class SqlStore:
         with self._transaction() as cur:
             return self._recent(cur, conversation_id, limit)
 
-    def list_turns(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
-        """Turns oldest first, optionally filtered by equality on columns (user_id=..., status=...)."""
-        bad = set(where) - set(TURN_COLUMNS)
+    def _select(self, table: str, columns: tuple[str, ...], order_by: str, limit: int, where: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows of `table` filtered by equality on known columns only (names never come from input)."""
+        bad = set(where) - set(columns)
         if bad:
-            raise ValueError(f"unknown turn fields: {sorted(bad)}")
+            raise ValueError(f"unknown {table} fields: {sorted(bad)}")
         clause = (" where " + " and ".join(f"{k} = ?" for k in where)) if where else ""
         with self._transaction() as cur:
-            rows = self._all(cur, f"select * from turns{clause} order by created_at, number limit ?", (*where.values(), limit))
+            rows = self._all(cur, f"select * from {table}{clause} order by {order_by} limit ?", (*where.values(), limit))
         return [decode(r) for r in rows]
+
+    def list_turns(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
+        """Turns oldest first, optionally filtered by equality on columns (user_id=..., status=...)."""
+        return self._select("turns", TURN_COLUMNS, "created_at, number", limit, where)
 
     def set_ignored(self, user_id: str, ignored: bool) -> None:
         """`/voxbridge ignore-me`: this user's audio is neither transcribed nor stored."""
@@ -204,10 +208,4 @@ class SqlStore:
 
     def decisions(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
         """Routing decisions, newest last; filter by method=, rule_id=, turn_id=."""
-        bad = set(where) - set(DECISION_COLUMNS)
-        if bad:
-            raise ValueError(f"unknown decision fields: {sorted(bad)}")
-        clause = (" where " + " and ".join(f"{k} = ?" for k in where)) if where else ""
-        with self._transaction() as cur:
-            rows = self._all(cur, f"select * from routing_decisions{clause} order by created_at limit ?", (*where.values(), limit))
-        return [decode(r) for r in rows]
+        return self._select("routing_decisions", DECISION_COLUMNS, "created_at", limit, where)

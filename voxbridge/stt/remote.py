@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 import wave
 
@@ -20,7 +19,7 @@ import trio
 from ..audio import STT_RATE
 from ..audio.convert import float_to_pcm16
 from ..errors import SttError
-from ..net.endpoints import EndpointPool
+from ..net.endpoints import EndpointPool, bearer_headers
 from ..net.wyoming import WyomingConnection, WyomingError
 from . import Transcript
 
@@ -90,8 +89,7 @@ class OpenAiStt(_Remote):
     def __init__(self, settings):
         super().__init__(settings)
         self.http = httpx.AsyncClient(trust_env=False)
-        key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
-        self.headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.headers = bearer_headers(settings.api_key_env)
 
     async def aclose(self) -> None:
         await self.http.aclose()

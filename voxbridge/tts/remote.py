@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import os
 
 import httpx
 import numpy as np
@@ -13,7 +12,7 @@ import trio
 from ..audio.convert import pcm16_to_float
 from ..audio.wav import read_wav_mono
 from ..errors import TtsError
-from ..net.endpoints import EndpointPool
+from ..net.endpoints import EndpointPool, bearer_headers
 from ..net.wyoming import WyomingConnection, WyomingError
 from . import Speech
 
@@ -74,8 +73,7 @@ class OpenAiTts(_Remote):
     def __init__(self, settings):
         super().__init__(settings)
         self.http = httpx.AsyncClient(trust_env=False)
-        key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
-        self.headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.headers = bearer_headers(settings.api_key_env)
 
     async def _one(self, endpoint: str, text: str, voice: str) -> Speech:
         body = {"model": self.settings.remote_model, "input": text, "voice": voice or "alloy", "response_format": "pcm"}
