@@ -223,7 +223,7 @@ async def main_async(args):
 
 async def compare_backends(args):
     """The same clips through each STT backend: per-request latency (one client, sequential) and
-    throughput (3 concurrent clients), as ratios to the in-process engine, in one run."""
+    throughput (--clients concurrent clients), as ratios to the in-process engine, in one run."""
     import socket
     import subprocess
 
@@ -248,6 +248,13 @@ async def compare_backends(args):
                                                                       task_status=task_status))
             engines["stt-serve (websocket)"] = WebsocketStt(attrs.evolve(base.stt, backend="websocket",
                                                                          endpoints=(f"ws://127.0.0.1:{ports['websocket']}",)))
+        if "stt-serve-batched" in args.backends:
+            batched = LocalWhisper(base.stt)
+            await batched.load()
+            _, bports = await nursery.start(lambda task_status: serve(base, ws_port=0, wyoming_port=None, engine=batched,
+                                                                       batch=True, task_status=task_status))
+            engines["stt-serve batched"] = WebsocketStt(attrs.evolve(base.stt, backend="websocket",
+                                                                     endpoints=(f"ws://127.0.0.1:{bports['websocket']}",)))
         if "wyoming" in args.backends:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
@@ -282,10 +289,10 @@ async def compare_backends(args):
                         await engine.transcribe(clip)
 
                 async with trio.open_nursery() as clients:
-                    for c in range(3):
-                        clients.start_soon(client, engine, clips[c::3])
+                    for c in range(args.clients):
+                        clients.start_soon(client, engine, clips[c::args.clients] * 2)
                 wall = time.perf_counter() - t0
-                speech_s = sum(len(c) for c in clips) / STT_RATE
+                speech_s = 2 * sum(len(c) for c in clips) / STT_RATE
                 rows.append({"backend": name, "n": len(clips), "latency_p50_ms": pct(lat, 50), "latency_p95_ms": pct(lat, 95),
                              "throughput_speech_s_per_s": speech_s / wall, "wer": statistics.mean(wers)})
         finally:
@@ -301,7 +308,8 @@ async def compare_backends(args):
         r["throughput_ratio"] = r["throughput_speech_s_per_s"] / ref["throughput_speech_s_per_s"]
         print(f"{r['backend']:<24} {r['n']:>3} {r['latency_p50_ms']:>7.0f} {r['latency_p95_ms']:>7.0f} {r['p50_ratio']:>11.2f} "
               f"{r['throughput_speech_s_per_s']:>8.2f} {r['throughput_ratio']:>12.2f} {r['wer']:>5.2f}")
-    print("\nlatency: one request at a time (clip sent -> transcript); throughput: 3 concurrent clients, speech s per wall s")
+    print(f"\nlatency: one request at a time (clip sent -> transcript); throughput: {args.clients} concurrent clients, "
+          "each clip twice, speech s per wall s")
     out = Path(args.out.replace(".json", "_backends.json"))
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
     await trio.to_thread.run_sync(out.write_text, json.dumps(rows, indent=2))
@@ -312,8 +320,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speakers", type=int, nargs="+", default=[1, 3, 8])
     p.add_argument("--utterances", type=int, default=3, help="utterances per speaker")
-    p.add_argument("--backends", nargs="+", choices=["local", "stt-serve", "wyoming"],
+    p.add_argument("--backends", nargs="+", choices=["local", "stt-serve", "stt-serve-batched", "wyoming"],
                    help="instead: compare STT backends on the same clips (local must come first: it is the reference)")
+    p.add_argument("--clients", type=int, default=6, help="concurrent clients in the throughput part of --backends")
     p.add_argument("--out", default="bench-out/bench_stt.json")
     args = p.parse_args()
     trio.run(compare_backends if args.backends else main_async, args)

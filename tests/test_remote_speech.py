@@ -216,3 +216,30 @@ async def test_least_outstanding_balancing():
             await trio.lowlevel.checkpoint()  # let each call take its endpoint before the next picks
     assert sorted(picked) == ["a", "a", "b", "b", "c", "c"]
     assert all(v == 0 for v in pool.outstanding.values()) and np.all(True)
+
+
+async def test_stt_serve_batches_concurrent_clients_correctly(stt, speech, nursery):
+    import json
+
+    from trio_websocket import open_websocket_url
+
+    from voxbridge.ops.stt_serve import serve
+
+    server, ports = await nursery.start(lambda task_status: serve(load_settings(env={}), ws_port=0, wyoming_port=None,
+                                                                   engine=stt, batch=True, task_status=task_status))
+    engine = WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"]))
+    texts = ["What time is it in Tokyo?", "How far away is the moon?", TEXT, "Turn on the kitchen lights.",
+             "Add milk to my shopping list.", "Tell me a joke about computers."]
+    got = {}
+
+    async def one(text):
+        got[text] = (await engine.transcribe(speech.pcm16k(text))).text
+
+    async with trio.open_nursery() as n:
+        for text in texts:
+            n.start_soon(one, text)
+    assert all(wer(t, got[t]) <= 0.25 for t in texts), got
+    async with open_websocket_url(f"ws://127.0.0.1:{ports['websocket']}") as ws:
+        await ws.send_message(json.dumps({"type": "status"}))
+        status = json.loads(await ws.get_message())
+    assert status["batching"]["batched_requests"] == 6 and status["batching"]["largest_batch"] > 1

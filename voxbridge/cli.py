@@ -76,7 +76,7 @@ def cmd_stt_serve(args) -> int:
 
     settings = _settings(args)
     trio.run(functools.partial(serve, settings, host=args.host, ws_port=args.port,
-                               wyoming_port=None if args.wyoming_port < 0 else args.wyoming_port))
+                               wyoming_port=None if args.wyoming_port < 0 else args.wyoming_port, batch=args.batch))
     return 0
 
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ss.add_argument("--port", type=int, default=4901, help="WebSocket port (default 4901)")
     ss.add_argument("--wyoming-port", type=int, default=10300, help="Wyoming TCP port (default 10300; -1: off)")
+    ss.add_argument("--batch", action=argparse.BooleanOptionalAction, default=None,
+                    help="decode concurrent requests as one batch (default: on with CUDA, off on CPU)")
     ss.set_defaults(func=cmd_stt_serve)
 
     t = sub.add_parser("transcribe", help="transcribe WAV files with the configured STT")

@@ -7,8 +7,8 @@ workers) over two protocols:
   `{"type": "status"}` -> load (in flight, waiting, served, errors, clients);
 - Wyoming (`tcp://host:10300`): describe/info and transcribe/audio-start/audio-chunk/audio-stop ->
   transcript, so Home Assistant or another VoxBridge (`[stt].backend = "wyoming"`) can use it.
-Concurrent requests from all clients share the engine's workers; on CUDA the workers decode in
-parallel on the GPU.
+Concurrent requests from all clients share the engine's workers; with batching (default on CUDA,
+`--batch`), requests arriving together are decoded as one batch (`voxbridge/stt/batching.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class SttServer:
         waiting = limiter.statistics().tasks_waiting if limiter is not None else 0
         return {"type": "status", **self.load, "waiting": waiting,
                 "workers": limiter.total_tokens if limiter is not None else None,
-                "device": getattr(self.engine, "device", None)}
+                "device": getattr(self.engine, "device", None),
+                "batching": dict(self.engine.stats) if hasattr(self.engine, "stats") and "batches" in self.engine.stats else None}
 
     async def transcribe(self, pcm: bytes, rate: int, language: str | None) -> dict:
         if len(pcm) > MAX_AUDIO_BYTES * max(1, rate // STT_RATE):
@@ -129,16 +130,24 @@ class SttServer:
 
 
 async def serve(settings, *, host: str = "127.0.0.1", ws_port: int = 4901, wyoming_port: int | None = 10300,
-                engine=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                engine=None, batch: bool | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """`batch`: decode concurrent requests as one batch (default: on with CUDA, off on CPU, where
+    it measured 0.83-0.95x the unbatched throughput: padding to 30 s costs more than it saves)."""
     from trio_websocket import serve_websocket
 
+    from ..stt.batching import BatchingStt
     from ..stt.local import LocalWhisper
 
     if engine is None:
         engine = LocalWhisper(settings.stt)
         await engine.load()
-    server = SttServer(engine)
-    async with trio.open_nursery() as nursery:  # bounds both listeners and their connections
+    if batch is None:
+        batch = getattr(engine, "device", "cpu") == "cuda"
+    async with trio.open_nursery() as nursery:  # bounds the batcher, both listeners and their connections
+        if batch:
+            engine = BatchingStt(engine)
+            await nursery.start(engine.run)
+        server = SttServer(engine)
         ws = await nursery.start(functools.partial(serve_websocket, server.websocket, host, ws_port, ssl_context=None))
         ports = {"websocket": ws.port}
         if wyoming_port is not None:
