@@ -238,7 +238,13 @@ async def test_stt_serve_batches_concurrent_clients_correctly(stt, speech, nurse
     async with trio.open_nursery() as n:
         for text in texts:
             n.start_soon(one, text)
-    assert all(wer(t, got[t]) <= 0.25 for t in texts), got
+    # Batching must not cost accuracy: compare with the same clips decoded one by one. (Per clip,
+    # int8 numerics vary with the batch, so a short clip may flip a word either way.)
+    plain = {t: (await stt.transcribe(speech.pcm16k(t))).text for t in texts}
+    batched_wer = sum(wer(t, got[t]) for t in texts) / len(texts)
+    plain_wer = sum(wer(t, plain[t]) for t in texts) / len(texts)
+    assert batched_wer <= plain_wer + 0.06 and batched_wer <= 0.15, (got, plain)
+    assert all(wer(t, got[t]) <= 0.34 for t in texts), got  # at most two words off in a short sentence
     async with open_websocket_url(f"ws://127.0.0.1:{ports['websocket']}") as ws:
         await ws.send_message(json.dumps({"type": "status"}))
         status = json.loads(await ws.get_message())

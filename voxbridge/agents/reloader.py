@@ -61,8 +61,8 @@ class AgentsReloader:
             except ConfigError as exc:
                 self._reject(reason, exc)
                 return False
-            if cfg.version == self.holder.current.version and reason == "file_changed":
-                return False
+            if cfg.version == self.holder.current.version:
+                return False  # nothing changed (e.g. the watcher already applied this edit before SIGHUP)
             self.holder.swap(cfg)
             log.info("event=agents_reloaded reason=%s version=%s agents=%s rules=%d reloads=%d",
                      reason, cfg.version, ",".join(a.id for a in cfg.agents), len(cfg.rules), self.holder.reloads)
