@@ -102,9 +102,3 @@ def split_frames(pcm: bytes) -> list[bytes]:
         frames[-1] = frames[-1] + bytes(FRAME_BYTES - len(frames[-1]))
     return frames
 
-
-def dbfs(x: np.ndarray) -> float:
-    if len(x) == 0:
-        return -120.0
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    return 20.0 * np.log10(max(rms, 1e-6))
