@@ -182,7 +182,7 @@ async def main_async(args):
     async with trio.open_nursery() as nursery:
         await nursery.start(demo.serve)
         agents = load_agents(base.agents.file)
-        agents = agents.with_urls({a.id: demo.url(a.id) for a in agents.agents})
+        agents = demo.answer_for(agents)
         for n in args.speakers:
             scripts = {f"s{i}": [(i * 0.7, (i * args.utterances + k) % len(SENTENCES)) for k in range(args.utterances)] for i in range(n)}
             indices = [idx for items in scripts.values() for _, idx in items]

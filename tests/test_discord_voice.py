@@ -32,7 +32,7 @@ def test_three_members_heard_through_pycord_threads_and_answers_played(settings,
             demo = DemoAgents()
             await nursery.start(demo.serve)
             cfg = load_agents(settings.agents.file)
-            cfg = cfg.with_urls({a.id: demo.url(a.id) for a in cfg.agents})
+            cfg = demo.answer_for(cfg)
             async with open_services(settings, agents=cfg, stt=stt, tts=piper) as services:
                 bridge = Bridge(loop, trio.lowlevel.current_trio_token(), nursery)
                 bot, guild = offline_bot()

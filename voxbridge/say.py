@@ -31,7 +31,7 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
         if demo_agents:
             demo = DemoAgents()
             await nursery.start(demo.serve)
-            agents = agents.with_urls({a.id: demo.url(a.id) for a in agents.agents})
+            agents = demo.answer_for(agents)
         async with open_services(settings, agents=agents, stt=False, tts=speak is not None, store_url=store_url,
                                  observer=lambda kind, fields: None) as services:
             sink = CollectSink()

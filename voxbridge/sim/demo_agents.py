@@ -35,6 +35,10 @@ class DemoAgents:
     def url(self, agent_id: str) -> str:
         return f"http://127.0.0.1:{self.port}/webhook/{agent_id}"
 
+    def answer_for(self, cfg):
+        """`cfg` with every agent pointed at this server (usable as a reload transform)."""
+        return cfg.with_urls({a.id: self.url(a.id) for a in cfg.agents})
+
     async def handle(self, req: Request, resp: ResponseWriter) -> None:
         m = re.fullmatch(r"/webhook/([\w-]+)", req.path)
         if req.method != "POST" or not m:

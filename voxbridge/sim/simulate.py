@@ -166,10 +166,7 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
         if demo_agents:
             demo = DemoAgents()
             await root.start(demo.serve)
-
-            def transform(cfg):  # every agent, also after a reload, answers from the demo server
-                return cfg.with_urls({a.id: demo.url(a.id) for a in cfg.agents})
-
+            transform = demo.answer_for  # every agent, also after a reload, answers from the demo server
             agents = transform(agents)
         async with open_services(settings, agents=agents, observer=observe, stt=stt,
                                  tts=tts if tts is not None else True,
