@@ -169,6 +169,7 @@ def test_token_resolution_never_shows_the_token(settings, tmp_path):
     f.write_text("from-file")
     s2 = attrs.evolve(settings, discord=attrs.evolve(settings.discord, token_file=str(f)))
     assert resolve_token(s2, env={}) == "from-file"
+    assert resolve_token(s2, env={"DISCORD_TOKEN": "from-env"}) == "from-file"  # the configured file comes first, as documented
     with pytest.raises(ConfigError, match="no Discord bot token"):
         resolve_token(settings, env={})
 

@@ -351,6 +351,27 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     return settings
 
 
+def find_secret(file: str, env_var: str, credential: str, where: str, env: dict[str, str] | None = None) -> str | None:
+    """A secret from, in order: the file a setting names, `$env_var`, or systemd's
+    `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredential=). None if none is set; never logged."""
+    env = os.environ if env is None else env
+    if file:
+        path = Path(file).expanduser()
+        try:
+            value = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(where, f"cannot read {path}: {exc.strerror}") from None
+        if value:
+            return value
+    if env.get(env_var, "").strip():
+        return env[env_var].strip()
+    if env.get("CREDENTIALS_DIRECTORY"):
+        path = Path(env["CREDENTIALS_DIRECTORY"]) / credential
+        if path.is_file() and (value := path.read_text().strip()):
+            return value
+    return None
+
+
 def explain() -> str:
     """Every setting with its default and meaning, for `voxbridge config --explain`."""
     lines = []

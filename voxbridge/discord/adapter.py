@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import warnings
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import discord
@@ -29,7 +27,7 @@ import trio
 from discord.commands import SlashCommandGroup
 
 from ..audio import FRAME_MS
-from ..config import Settings
+from ..config import Settings, find_secret
 from ..core.control import Control, ControlError, member_may_join
 from ..core.playback import PlayerBuffer
 from ..errors import ConfigError, VoxBridgeError
@@ -129,22 +127,10 @@ def run_guest(trio_main: Callable[..., Awaitable], *args: Any) -> Any:
 # --- secrets and libraries ---------------------------------------------------------------
 
 def resolve_token(settings: Settings, env: dict[str, str] | None = None) -> str:
-    """The bot token from [discord].token_file, $DISCORD_TOKEN or systemd's credentials."""
-    env = os.environ if env is None else env
-    sources = []
-    if settings.discord.token_file:
-        sources.append(Path(settings.discord.token_file).expanduser())
-    if env.get("DISCORD_TOKEN"):
-        return env["DISCORD_TOKEN"].strip()
-    if env.get("CREDENTIALS_DIRECTORY"):
-        sources.append(Path(env["CREDENTIALS_DIRECTORY"]) / "discord-token")
-    for path in sources:
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError("[discord].token_file", f"cannot read the token file {path}: {exc.strerror}") from None
-        if token:
-            return token
+    """The bot token from [discord].token_file, $DISCORD_TOKEN or systemd's credentials, in that order."""
+    token = find_secret(settings.discord.token_file, "DISCORD_TOKEN", "discord-token", "[discord].token_file", env)
+    if token:
+        return token
     raise ConfigError("[discord].token_file", "no Discord bot token: set $DISCORD_TOKEN, [discord].token_file, "
                       "or systemd LoadCredential=discord-token:/path (see README: Discord setup)")
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
+from ..config import find_secret
 from ..core.control import Control, ControlError
 from ..net.http_server import Request, ResponseWriter
 
@@ -37,21 +36,7 @@ class ApiError(Exception):
 
 
 def resolve_api_token(settings, env: dict[str, str] | None = None) -> str | None:
-    env = os.environ if env is None else env
-    if settings.api.token_file:
-        try:
-            return Path(settings.api.token_file).expanduser().read_text().strip() or None
-        except OSError as exc:
-            from ..errors import ConfigError
-
-            raise ConfigError("[api].token_file", f"cannot read {settings.api.token_file}: {exc.strerror}") from None
-    if env.get("VOXBRIDGE_API_TOKEN"):
-        return env["VOXBRIDGE_API_TOKEN"].strip()
-    if env.get("CREDENTIALS_DIRECTORY"):
-        path = Path(env["CREDENTIALS_DIRECTORY"]) / "api-token"
-        if path.is_file():
-            return path.read_text().strip() or None
-    return None
+    return find_secret(settings.api.token_file, "VOXBRIDGE_API_TOKEN", "api-token", "[api].token_file", env)
 
 
 class ControlApi:
