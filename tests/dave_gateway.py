@@ -26,7 +26,7 @@ Opcode flow (what the voice server calls, and when):
        cut down to that joiner's secrets) to each joiner. A stale/invalid commit returns [].
   op 23 ready for transition (JSON)    -> role.on_ready_for_transition(uid, transition_id)
     -> op 22 execute transition (JSON) to the group when every member is ready; a server that
-       gives up waiting calls role.execute_transition(tid) itself (Discord waits ~2 s).
+       gives up waiting calls role.execute_transition(tid) itself (Discord: about 2 s).
   op 31 invalid commit/welcome (JSON)  -> role.on_invalid_commit_welcome(uid, transition_id)
     -> op 27 Remove proposal for uid's stale leaf to the rest of the group; uid is pending again
        and py-cord sends a fresh key package (op 26) right after, which re-adds it.
@@ -35,6 +35,19 @@ Opcode flow (what the voice server calls, and when):
        member reset", op 24 {epoch: 1} then op 21 {transition_id: 0} to it.
   protocol version changes: role.prepare_downgrade() -> op 21 {protocol_version: 0} to all;
     role.prepare_upgrade() -> op 24 {protocol_version: 1, epoch: 1} to all (new group).
+
+Caveats from py-cord 2.8.1: an exception in its op 27 handler (e.g. proposals before op 25 made
+its local group) escapes `received_binary_message`, so keep op 25 first on every connection; it
+passes no expected user ids to davey, so op 11 clients_connect is not needed for DAVE; it sends a
+new key package on op 4, on op 24 with epoch 1, and after op 31.
+
+Plugging into the loopback voice server: one `DaveGatewayRole(channel_id)` per call; send each
+`Outbound` to every user in `.to` (skip users no longer connected) as `.frame(seq)` (binary) or
+`.json(seq)` (JSON), with that connection's next seq. The fake members are `DaveMember`s (py-cord's
+own DAVE handlers over a davey session): feed them the frames they receive (`receive_binary`,
+`receive_json`), send what collects in `outbox`, `encrypt_opus` their Opus before transport
+encryption and `decrypt(sender_id, frame)` the bot's after it. `DaveRouter` is the same loop without
+sockets (the tests in test_dave_gateway.py use it).
 
 MLS details (RFC 9420; DAVE protocol v1 = ciphersuite 2, P-256/SHA-256, basic credentials whose
 identity is the user id as big-endian u64, group id = channel id as big-endian u64). The external

@@ -255,8 +255,12 @@ def test_downgrade_to_transport_only_and_upgrade_back_to_a_new_group():
     before = router.members[BOT].session.voice_privacy_code
     router.deliver(role.prepare_downgrade())
     router.pump()
-    for m in router.members.values():
+    for uid, m in router.members.items():
         assert m.state.dave_protocol_version == 0 and m.state.downgraded_dave
+        # Receivers pass transport-only (unencrypted) Opus through while downgraded.
+        other = next(u for u in router.members if u != uid)
+        assert m.session.can_passthrough(other)
+        assert m.decrypt(other, OPUS) == OPUS
     assert not role.pending_transitions()
 
     router.deliver(role.prepare_upgrade())
