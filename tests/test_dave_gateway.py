@@ -320,9 +320,12 @@ def test_wire_helpers_match_pycord_framing():
     assert parse_client_frame(b"\x1ccw") == (28, b"cw")
     with pytest.raises(DaveProtocolError):
         parse_client_frame(b"")
-    for n in (0, 63, 64, 16383, 16384, 2**30 - 1):
+    for n in (0, 63, 64, 16383, 16384, 70000):
         r = Reader(varint(n) + b"\0" * n, "v")
         assert len(r.vec()) == n and r.done()
+    assert varint(2**30 - 1) == b"\xbf\xff\xff\xff"
+    with pytest.raises(DaveProtocolError):
+        varint(2**30)
 
 
 def test_commit_welcome_split_and_per_joiner_welcome():
