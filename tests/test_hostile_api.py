@@ -28,6 +28,22 @@ def api_settings(settings, tmp_path):
                         agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")))
 
 
+@pytest.fixture
+def logged():
+    """setup_logging(fmt) into a buffer for this test; the root logger restored afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+
+    def start(fmt: str = "kv") -> io.StringIO:
+        setup_logging("info", fmt, stream=out)
+        return out
+
+    yield start
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
 async def test_half_sent_requests_cannot_exhaust_the_daemons_descriptors():
     # The real daemon in a child process with 512 descriptors; 1,500 requests that never finish
     # their headers. Before: the h11 server held every one until accept() hit EMFILE and /health
@@ -76,9 +92,8 @@ async def test_malformed_http_deep_json_and_a_stalled_body_get_4xx(api_settings,
     daemon.request_stop()
 
 
-async def test_ids_are_validated_so_no_recording_escapes_and_no_log_line_is_forged(api_settings, stt, piper, nursery, tmp_path):
-    log_out = io.StringIO()
-    setup_logging("info", "kv", stream=log_out)
+async def test_ids_are_validated_so_no_recording_escapes_and_no_log_line_is_forged(api_settings, stt, piper, nursery, tmp_path, logged):
+    log_out = logged("kv")
     daemon = await start_daemon(nursery, api_settings, stt, piper)
     state = tmp_path / "state"
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}", timeout=30) as http:
@@ -101,7 +116,9 @@ async def test_ids_are_validated_so_no_recording_escapes_and_no_log_line_is_forg
         left = (await http.post("/voice/leave", json={"guild_id": "Guild_1-sim"}, headers=AUTH)).json()
     assert left["recording"].startswith(str(state / "recordings") + "/") and "Guild_1-sim-1234567890123-" in left["recording"]
     assert not list(tmp_path.parent.glob("x-*.wav")) and not list(tmp_path.glob("*.wav"))
-    assert not any(line.split(" ", 2)[1:2] == ["level=error"] and "forged" in line for line in log_out.getvalue().splitlines())
+    lines = log_out.getvalue().splitlines()
+    assert any("event=recording_written guild=Guild_1-sim " in line for line in lines), lines
+    assert all(line.startswith("ts=") for line in lines) and not any("event=forged" in line for line in lines)
     daemon.request_stop()
 
 
@@ -117,9 +134,8 @@ def test_discord_voice_takes_only_snowflake_ids():
 
 
 @pytest.mark.parametrize("fmt", ["kv", "json"])
-def test_a_logged_value_cannot_split_or_forge_a_line(fmt):
-    out = io.StringIO()
-    setup_logging("info", fmt, stream=out)
+def test_a_logged_value_cannot_split_or_forge_a_line(fmt, logged):
+    out = logged(fmt)
     log = logging.getLogger("voxbridge.test")
     forged = "g1\nts=2026-01-01T00:00:00.000Z level=error logger=voxbridge.api event=forged"
     log.info("event=join guild=%s channel=%s n=%d took=%.2f error=%r", forged, "a b=c\r\x1b[31m\u2028", 3, 0.5, "x\ny")
@@ -135,4 +151,3 @@ def test_a_logged_value_cannot_split_or_forge_a_line(fmt):
         doc = json.loads(lines[0])
         assert doc["guild"] == forged and doc["channel"] == "a b=c\r\x1b[31m\u2028" and doc["n"] == "3" and doc["error"] == "x\ny"
         assert doc["level"] == "info" and doc["event"] == "join"
-    logging.getLogger().handlers.clear()
