@@ -159,6 +159,9 @@ class ApiSettings:
     port: int = _field(4900, "TCP port (0 = any free port, logged at start).", _non_negative)
     token_file: str = _field("", "File holding the bearer token for mutating endpoints and /status details (else $VOXBRIDGE_API_TOKEN, else $CREDENTIALS_DIRECTORY/api-token). Without a token those endpoints answer 403.")
     max_body_bytes: int = _field(65536, "Largest request body accepted.", _positive)
+    max_connections: int = _field(256, "Open connections at most; at the cap the oldest idle one is closed for a new one.", _positive)
+    read_timeout_s: float = _field(10.0, "A connection that sends nothing for this long is closed; a request body must arrive within it (else 408).", _positive)
+    keep_alive_s: float = _field(5.0, "A connection with no request in progress (idle, or headers not complete) is closed after this long.", _positive)
 
 
 @attrs.frozen

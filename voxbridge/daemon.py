@@ -2,7 +2,7 @@
 
     Daemon.run                     root nursery: bounds everything below
     ├── AgentsReloader.run         agents.toml watch (+ Redis broadcast); SIGHUP goes to it
-    ├── serve_http(ControlApi)     the control API
+    ├── ControlApi.serve           the control API (hypercorn)
     ├── Notifier.watchdog          WATCHDOG=1 from the event loop itself
     ├── voice backend              Discord (adapter) or simulated channels (LocalVoice)
     └── ChannelSession (each)      started by Control.join
@@ -27,7 +27,6 @@ from .agents.reloader import AgentsReloader
 from .config import Settings
 from .core.control import Control, ControlError
 from .core.services import log_observer, open_services
-from .net.http_server import serve_http
 from .ops.api import ControlApi, resolve_api_token
 from .ops.local_voice import LocalVoice
 from .ops.metrics import Metrics
@@ -52,6 +51,7 @@ class Daemon:
         self.voice = None
         self.reloader: AgentsReloader | None = None
         self.api_port: int | None = None
+        self.api: ControlApi | None = None
         self.ownership: Ownership | None = None
         self.on_ownership = None  # the Discord adapter's hook: its own joins take the same locks
         self.clean_exit = False
@@ -99,8 +99,10 @@ class Daemon:
             self.voice = OwnedVoice(local_voice, self.ownership)
             if settings.api.enabled:
                 api = ControlApi(control, self.voice, self.metrics, self.reloader, token=self.api_token,
-                                 readiness=self.readiness, max_body=settings.api.max_body_bytes, ownership=self.ownership)
-                self.api_port = await nursery.start(functools.partial(serve_http, api.handle, settings.api.host, settings.api.port))
+                                 readiness=self.readiness, max_body=settings.api.max_body_bytes, ownership=self.ownership,
+                                 body_timeout_s=settings.api.read_timeout_s)
+                self.api_port = await nursery.start(functools.partial(api.serve, settings.api))
+                self.api = api
                 log.info("event=api_listening host=%s port=%s auth=%s", settings.api.host, self.api_port,
                          "bearer" if self.api_token else "read_only")
             self.ownership.api_url = d.public_api_url or f"http://{settings.api.host}:{self.api_port}"
