@@ -36,6 +36,20 @@ def service_missing(what: str, exc: Exception):
     pytest.skip(message)
 
 
+def need_binary(name: str, package: str) -> str:
+    """The path of a program a test runs (redis-server, systemd-analyze); `scripts/setup.sh --dev`
+    installs it. Missing: skip, or fail when VOXBRIDGE_REQUIRE_SERVICES is set."""
+    import shutil
+
+    exe = shutil.which(name)
+    if exe is None:
+        message = f"{name} not installed (Debian: apt-get install {package}; scripts/setup.sh --dev does it as root)"
+        if require_services():
+            pytest.fail(message + " (VOXBRIDGE_REQUIRE_SERVICES is set)")
+        pytest.skip(message)
+    return exe
+
+
 @pytest.fixture
 def postgres_url():
     """A fresh, empty database on the real server for this test; dropped afterwards."""

@@ -1,9 +1,6 @@
 """Nothing is lost: store and Redis outages, STT/TTS/agent faults, hostile input, load.
 Long runs live in scripts/soak.py; these are the fast versions."""
 
-import os
-import resource
-import shutil
 import socket
 import subprocess
 import time
@@ -26,6 +23,7 @@ from voxbridge.core.turn import answer_transcript
 from voxbridge.errors import ConfigError, TtsError
 from voxbridge.stt import Transcript
 
+from .conftest import need_binary
 from .helpers import FastFakeStt
 
 
@@ -89,9 +87,7 @@ async def test_postgres_connections_killed_mid_run_lose_no_turn(settings, postgr
 @pytest.fixture
 def private_redis(tmp_path):
     """A Redis server of our own, so the test can kill it without touching the shared one."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server binary not installed")
+    exe = need_binary("redis-server", "redis-server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -352,16 +348,9 @@ async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_tur
     url = await agent_server(ok_agent)
     clips = [speech.discord(t, 0.2, 1.2) for t in ("What time is it?", "Tell me a joke.", "How are you doing today?")]
     stt = FastFakeStt()
-    lag = []
-
-    async def lag_probe():
-        while True:
-            t0 = trio.current_time()
-            await trio.sleep(0.01)
-            lag.append(trio.current_time() - t0 - 0.01)
-
+    # The event-loop lag under this load is a figure, not a property: `scripts/soak.py` (load-fake,
+    # the same 20 x 5 speakers) reports its p99.
     async with open_services(settings, agents=one_agent(url, max_concurrency=50), stt=stt, tts=False) as services:
-        nursery.start_soon(lag_probe)
         channels = [await nursery.start(ChannelSession(services, f"g{i}", f"c{i}", CollectSink()).run) for i in range(20)]
 
         async def speaker(channel, j):
@@ -372,17 +361,11 @@ async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_tur
             await h.finish()
             await h.finished.wait()
 
-        t0 = time.perf_counter()
         async with trio.open_nursery() as n:
             for c in channels:
                 for j in range(5):
                     n.start_soon(speaker, c, j)
-        elapsed = time.perf_counter() - t0
         rows = await services.store.list_turns(limit=10_000)
     final = {"answered", "failed", "not_routed"}
     assert len(rows) == 20 * 5 * 2 == stt.calls  # every utterance: exactly one stored turn
     assert all(r["status"] in final for r in rows) and {r["status"] for r in rows} == {"answered"}
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    p99 = float(np.percentile(lag, 99)) * 1000
-    print(f"\nload: 200 turns in {elapsed:.1f}s, loop lag p99 {p99:.1f} ms, max RSS {rss_mb:.0f} MB")
-    assert os.environ.get("CI") or p99 >= 0  # reported, not asserted (shared, noisy machine)
