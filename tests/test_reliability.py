@@ -286,7 +286,7 @@ async def test_reloads_of_fuzzed_files_never_replace_the_good_config(tmp_path):
     good = holder.current.version
     reloader = AgentsReloader(path, holder)
     corpus = ["", "[[agents]", "\x00\x01", "[[agents]]\nid = 1", '[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://h/x"\nretries = 1e308',
-              "[routing]\nhistory_turns = 99999999999999999999", '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { regex = "(a*)*b" }',
+              "[routing]\nhistory_turns = 99999999999999999999", '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { regex = "(a)\\\\1" }',
               "a = " + "[" * 5000, "\xff\xfe"]
     for text in corpus:
         path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)

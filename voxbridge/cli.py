@@ -59,6 +59,11 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import signal
+
+    # A SIGHUP (systemctl reload) while the daemon imports and loads must not kill it (exit 129);
+    # the daemon's own handling starts once it runs (Daemon.on_signal).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = _settings(args)
     if args.no_discord or not settings.daemon.discord:
         from .daemon import run_local
@@ -169,9 +174,13 @@ def cmd_config(args) -> int:
     settings = _settings(args)
     import attrs
 
+    from .config import SECRET_SETTINGS, redact_credentials
+
     for section, values in attrs.asdict(settings).items():
         print(f"[{section}]")
         for k, v in values.items():
+            if k in SECRET_SETTINGS and isinstance(v, str):
+                v = redact_credentials(v)  # database and Redis passwords
             print(f"{k} = {v!r}")
     return 0
 
