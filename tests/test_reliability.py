@@ -1,13 +1,9 @@
 """Nothing is lost: store and Redis outages, STT/TTS/agent faults, hostile input, load.
 Long runs live in scripts/soak.py; these are the fast versions."""
 
-import socket
-import subprocess
-import time
 
 import attrs
 import numpy as np
-import pytest
 import trio
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -23,7 +19,6 @@ from voxbridge.core.turn import answer_transcript
 from voxbridge.errors import ConfigError, TtsError
 from voxbridge.stt import Transcript
 
-from .conftest import need_binary
 from .helpers import FastFakeStt
 
 
@@ -82,27 +77,6 @@ async def test_postgres_connections_killed_mid_run_lose_no_turn(settings, postgr
     assert len(outcomes) == 40 and all(o.status == "answered" for o in outcomes)
     assert len(rows) == 40 and {r["status"] for r in rows} == {"answered"}
     assert len({(r["user_id"], r["number"]) for r in rows}) == 40  # no duplicates, numbering intact
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis server of our own, so the test can kill it without touching the shared one."""
-    exe = need_binary("redis-server", "redis-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield proc, f"redis://127.0.0.1:{port}/0"
-    proc.kill()
-    proc.wait()
 
 
 async def test_redis_stopped_mid_run_degrades_to_the_database(settings, private_redis, agent_server, tmp_path, caplog):
