@@ -186,7 +186,7 @@ def _interpolate(value: str, env: dict[str, str], where: str, key: str) -> str:
             return default
         raise ConfigError(where, f"{key}: environment variable {name} is not set (or use ${{{name}:-default}})")
 
-    return _ENV_RE.sub(sub, value)
+    return _ENV_RE.sub(sub, value) if "${" in value else value
 
 
 @functools.cache
@@ -195,6 +195,8 @@ def _hints(cls) -> dict[str, Any]:
 
 
 def _coerce(value: Any, typ: Any, where: str, key: str) -> Any:
+    if typ is str and type(value) is str and len(value) <= 100_000:  # the common case, first
+        return value
     origin = typing.get_origin(typ)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -219,12 +221,17 @@ def _coerce(value: Any, typ: Any, where: str, key: str) -> Any:
     return value
 
 
+@functools.cache
+def _known_keys(cls, skip: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(cls) if f.name not in skip and f.name != "compiled")
+
+
 def _table(raw: Any, cls, where_of, name: str, env: dict[str, str], *, skip=(), interpolate=True) -> dict[str, Any]:
     """Check a TOML table against an attrs class: known keys, right types, env interpolation."""
     if not isinstance(raw, dict):
         raise ConfigError(where_of(None), f"{name}: must be a table")
     hints = _hints(cls)
-    known = [f.name for f in attrs.fields(cls) if f.name not in skip and f.name != "compiled"]
+    known = _known_keys(cls, tuple(skip))
     out = {}
     for key, value in raw.items():
         if key not in known:
