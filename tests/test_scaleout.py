@@ -10,7 +10,6 @@ from voxbridge.audio.convert import split_frames
 from voxbridge.daemon import Daemon
 
 from .helpers import SpeechMaker, wer
-from .test_reliability import private_redis  # noqa: F401  (fixture: a Redis we may kill)
 
 TOKEN = "scaleout-token"
 
