@@ -252,3 +252,23 @@ async def test_secret_of_the_wrong_type_is_not_echoed_in_the_reload_error(line, 
     assert "expected" in holder.last_error and "agents.toml:" in holder.last_error  # still says what and where
     assert secret not in holder.last_error  # the API's 422 body is this text
     assert secret not in caplog.text
+
+
+async def test_reload_through_the_api_does_not_echo_a_secret_of_the_wrong_type(settings, stt, tmp_path, nursery):
+    import attrs
+    import httpx
+
+    from voxbridge.daemon import Daemon
+
+    path = tmp_path / "agents.toml"
+    path.write_text(AGENT)
+    s = attrs.evolve(settings, api=attrs.evolve(settings.api, port=0), agents=attrs.evolve(settings.agents, file=str(path)),
+                     tts=attrs.evolve(settings.tts, backend="none"))
+    daemon = Daemon(s, env={"VOXBRIDGE_API_TOKEN": "t0ken"}, engines={"stt": stt, "tts": False})
+    await nursery.start(daemon.run)
+    path.write_text(AGENT + 'hmac_secret = ["hmac-Secret-99"]\n')
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}", timeout=30) as http:
+        r = await http.post("/reload", headers={"authorization": "Bearer t0ken"})
+    daemon.request_stop()
+    assert r.status_code == 422 and "hmac_secret" in r.text
+    assert "hmac-Secret-99" not in r.text
