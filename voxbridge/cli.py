@@ -59,6 +59,11 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import signal
+
+    # A SIGHUP (systemctl reload) while the daemon imports and loads must not kill it (exit 129);
+    # the daemon's own handling starts once it runs (Daemon.on_signal).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = _settings(args)
     if args.no_discord or not settings.daemon.discord:
         from .daemon import run_local
@@ -80,32 +85,93 @@ def cmd_stt_serve(args) -> int:
     return 0
 
 
-def cmd_transcribe(args) -> int:
+TRANSCRIBE_CHUNK_S = 30.0  # Whisper's own window: a file is decoded piece by piece, in bounded memory
+DIGITAL_SILENCE = 1e-4  # peak below -80 dBFS: nothing to decode (Whisper would invent "you")
+
+
+def _next_piece(reader, carry):
+    """The next <= 30 s of a file, cut at its quietest 100 ms within the last 5 s (not mid-word);
+    returns (piece, carry-over, at_end)."""
+    import numpy as np
+
+    rate = reader.rate
+    need = max(0, int(TRANSCRIBE_CHUNK_S * rate) - carry.size)
+    fresh = reader.frames(need)
+    x = np.concatenate([carry, fresh]) if carry.size else fresh
+    at_end = fresh.size < need
+    if at_end or x.size < 10 * rate:
+        return x, np.zeros(0, np.float32), at_end
+    win = max(1, rate // 10)
+    tail = x[-5 * rate:]
+    n = tail.size // win
+    energy = (tail[: n * win].reshape(n, win) ** 2).mean(axis=1)
+    cut = x.size - tail.size + int(np.argmin(energy)) * win + win // 2
+    return x[:cut], x[cut:], False
+
+
+async def _transcribe_file(engine, path: str) -> None:
+    import numpy as np
+
     from .audio import STT_RATE
     from .audio.convert import resample
-    from .audio.wav import read_wav_mono
+    from .audio.wav import WavReader
+
+    reader = await trio.to_thread.run_sync(WavReader, path)
+    texts, reasons, confidences = [], [], []
+    audio_s = decode_s = 0.0
+    language = ""
+    try:
+        carry = np.zeros(0, np.float32)
+        at_end = False
+        while not at_end:
+            piece, carry, at_end = await trio.to_thread.run_sync(_next_piece, reader, carry)
+            if not piece.size:
+                continue
+            audio_s += piece.size / reader.rate
+            if float(np.max(np.abs(piece))) < DIGITAL_SILENCE:
+                reasons.append("silence")
+                continue
+            audio = await trio.to_thread.run_sync(resample, piece, reader.rate, STT_RATE)
+            t0 = time.perf_counter()
+            tr = await engine.transcribe(audio)
+            decode_s += time.perf_counter() - t0
+            if tr.text:
+                texts.append(tr.text)
+                confidences.append(tr.confidence)
+                language = tr.language
+            else:
+                reasons.append(tr.dropped or "empty")
+    finally:
+        reader.close()
+    shown = " ".join(texts) if texts else f"<nothing: {', '.join(sorted(set(reasons))) or 'empty'}>"
+    print(f"{path}: {shown}")
+    confidence = f"{min(confidences):.2f}" if confidences else "-"
+    print(f"  {audio_s:.2f}s audio, {decode_s:.2f}s to transcribe (x{audio_s / max(decode_s, 1e-6):.1f} real time), "
+          f"language {language or '-'}, confidence {confidence}", file=sys.stderr)
+
+
+def cmd_transcribe(args) -> int:
     from .stt import create_stt
 
     settings = _settings(args)
+    failed = []
 
     async def main():
         engine = await create_stt(settings)
         try:
             for path in args.files:
-                mono, rate = await trio.to_thread.run_sync(read_wav_mono, path)
-                audio = await trio.to_thread.run_sync(resample, mono, rate, STT_RATE)
-                t0 = time.perf_counter()
-                tr = await engine.transcribe(audio)
-                dt = time.perf_counter() - t0
-                shown = tr.text if tr.text else f"<nothing: {tr.dropped}>"
-                print(f"{path}: {shown}")
-                print(f"  {tr.duration_s:.2f}s audio, {dt:.2f}s to transcribe (x{tr.duration_s / max(dt, 1e-6):.1f} real time), "
-                      f"language {tr.language}, confidence {tr.confidence:.2f}", file=sys.stderr)
+                try:
+                    await _transcribe_file(engine, path)
+                except (VoxBridgeError, OSError) as exc:  # one bad file does not stop the others
+                    failed.append(path)
+                    print(f"voxbridge: {exc}", file=sys.stderr)
         finally:
             await engine.aclose()
 
     trio.run(main)
-    return 0
+    if failed:
+        print(f"voxbridge: {len(failed)} of {len(args.files)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_check(args) -> int:
@@ -169,9 +235,13 @@ def cmd_config(args) -> int:
     settings = _settings(args)
     import attrs
 
+    from .config import SECRET_SETTINGS, redact_credentials
+
     for section, values in attrs.asdict(settings).items():
         print(f"[{section}]")
         for k, v in values.items():
+            if k in SECRET_SETTINGS and isinstance(v, str):
+                v = redact_credentials(v)  # database and Redis passwords
             print(f"{k} = {v!r}")
     return 0
 

@@ -20,6 +20,16 @@ def normalize(text: str) -> str:
     return " ".join(_norm_re.sub(" ", text.lower()).split())
 
 
+def _phantom_repeats(norm: str) -> int:
+    """How many times `norm` repeats one phantom phrase ("you you you" -> 3), else 0."""
+    words = norm.split()
+    for phrase in PHANTOMS:
+        p = phrase.split()
+        if words and len(words) % len(p) == 0 and all(words[i:i + len(p)] == p for i in range(0, len(words), len(p))):
+            return len(words) // len(p)
+    return 0
+
+
 def drop_reason(segments: list[tuple[str, float, float]], *, no_speech_threshold: float) -> str:
     """Why the decoded segments (text, no_speech_prob, avg_logprob) are not speech, or ""."""
     text = " ".join(t.strip() for t, _, _ in segments).strip()
@@ -27,7 +37,10 @@ def drop_reason(segments: list[tuple[str, float, float]], *, no_speech_threshold
         return "empty"
     if all(nsp > no_speech_threshold and lp < -0.7 for _, nsp, lp in segments):
         return "no_speech"
-    if normalize(text) in PHANTOMS and max(nsp for _, nsp, _ in segments) > 0.2:
+    repeats = _phantom_repeats(normalize(text))
+    if repeats >= 3:  # "you" x120 over a long silence: nobody says that, whatever the confidence
+        return "phantom_phrase"
+    if repeats and max(nsp for _, nsp, _ in segments) > 0.2:
         return "phantom_phrase"
     if ANNOTATION_RE.fullmatch(text):
         return "annotation"  # "[Music]", "(silence)"
