@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -158,8 +159,8 @@ class _Speech:
                     if tts is None:
                         continue
                     try:
-                        speech = await tts.synthesize(clause)
-                        pcm = await trio.to_thread.run_sync(to_discord_pcm, speech.audio, speech.rate)
+                        pcm, synth_s = await _synthesize_pcm(tts, clause)
+                        self.timings.setdefault("tts_first_synth_ms", round(synth_s * 1000))
                     except TtsError as exc:
                         self.tts_errors += 1
                         log.warning("event=tts_failed turn=%s error=%r", self.answer.turn_id, str(exc))
@@ -202,6 +203,30 @@ class _Speech:
     def stop_cue(self) -> None:
         if self.cue is not None and not self.cue.done.is_set():
             self.cue.stop(interrupted=False)
+
+
+async def _synthesize_pcm(tts, clause: str) -> tuple[bytes, float]:
+    """A clause as Discord PCM, and the seconds synthesis and conversion took in the worker.
+    Engines with a blocking `synthesize_sync` (Piper) do both in one worker call, so the audio
+    is ready one thread hop after the clause; others synthesize, then convert in a thread."""
+    sync = getattr(tts, "synthesize_sync", None)
+    if sync is None or getattr(tts, "limiter", None) is None:
+        t0 = time.perf_counter()
+        speech = await tts.synthesize(clause)
+        pcm = await trio.to_thread.run_sync(to_discord_pcm, speech.audio, speech.rate)
+        return pcm, time.perf_counter() - t0
+
+    def work() -> tuple[bytes, float]:
+        t0 = time.perf_counter()
+        speech = sync(clause)
+        return to_discord_pcm(speech.audio, speech.rate), time.perf_counter() - t0
+
+    try:
+        return await trio.to_thread.run_sync(work, limiter=tts.limiter)
+    except TtsError:
+        raise
+    except Exception as exc:
+        raise TtsError(f"{tts.name} failed on a {len(clause)}-character clause: {type(exc).__name__}: {exc}") from exc
 
 
 async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, decode: Decode, ended_at: float,
