@@ -98,6 +98,7 @@ class Utterance:
     text: str
     start_s: float  # offset of the clip in the speaker's stream
     true_end_s: float = 0.0  # offset of the true end of speech in the stream
+    audio16k: np.ndarray | None = attrs.field(default=None, eq=False, repr=False)  # the clip, for bare decoding
 
 
 @attrs.define
