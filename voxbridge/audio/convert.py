@@ -84,12 +84,13 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     if src_rate == dst_rate or len(x) == 0:
         return x.astype(np.float32, copy=False)
     n_out = int(round(len(x) * dst_rate / src_rate))
-    pad = min(len(x), 1024)  # zero padding keeps the periodic FFT from wrapping the ends together
-    # The padded length is a multiple of src/gcd whose cofactor has only factors 2, 3, 5, so both
-    # FFT sizes are fast (a length with a large prime factor made a 2 s clip take ~50 ms) and the
-    # output length is the exact rate ratio.
+    # The padding and the padded length are multiples of src/gcd (so the clip starts on an output
+    # sample and the output length is the exact rate ratio), the latter with a cofactor that has
+    # only factors 2, 3, 5, so both FFT sizes are fast (a length with a large prime factor made a
+    # 2 s clip take ~50 ms). The zero padding keeps the periodic FFT from wrapping the ends together.
     g = math.gcd(src_rate, dst_rate)
     unit = src_rate // g
+    pad = unit * -(-min(len(x), 1024) // unit)
     n_padded = unit * _smooth_at_least(-(-(len(x) + 2 * pad) // unit))
     padded = np.concatenate([np.zeros(pad, np.float32), x.astype(np.float32), np.zeros(n_padded - len(x) - pad, np.float32)])
     n_padded_out = n_padded // unit * (dst_rate // g)
@@ -98,7 +99,7 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     out_spec = np.zeros(n_padded_out // 2 + 1, dtype=complex)
     out_spec[:keep] = spectrum[:keep]
     y = np.fft.irfft(out_spec, n_padded_out) * (n_padded_out / len(padded))
-    start = int(round(pad * dst_rate / src_rate))
+    start = pad // unit * (dst_rate // g)
     return y[start : start + n_out].astype(np.float32)
 
 
