@@ -266,12 +266,17 @@ async def soak_daemon(base, agents, clips, speakers: int, minutes: float, store_
         slope = float("nan")
     lags = [r["loop_lag_p99_ms"] for r in minute_rows if r["loop_lag_p99_ms"] is not None]
     final = sum(r["status"] in FINAL for r in rows)
+    statuses: dict[str, int] = {}
+    for r in rows:
+        key = r["status"] + (f" ({(r['error'] or '').split(':')[0]})" if r["status"] == "failed" else "")
+        statuses[key] = statuses.get(key, 0) + 1
     return {"scenario": f"soak {minutes:g} min, {speakers} spk (fake STT)", "runs": 1, "turns_expected": uttered[0],
             "turns_stored": len(rows), "final": final, "crashes": 0,
             "loop_lag_p99_ms": max(lags) if lags else None, "rss_mb": rss[-1] if rss else round(rss_mb(), 1),
-            "rss_slope_mb_per_min": round(slope, 2), "minutes": minute_rows,
+            "rss_slope_mb_per_min": round(slope, 2), "minutes": minute_rows, "statuses": statuses,
+            "frames_dropped": services.counters.get("frames_dropped", 0),
             "note": f"RSS {rss[0] if rss else '-'} -> {rss[-1] if rss else '-'} MB, slope {slope:.2f} MB/min (from minute 2); "
-                    f"lag p99 = worst minute"}
+                    f"lag p99 = worst minute; {statuses}; frames dropped {services.counters.get('frames_dropped', 0)}"}
 
 
 async def pg_kill(base, url, clips):
