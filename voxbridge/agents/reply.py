@@ -254,7 +254,9 @@ class ReplyParser:
             self.handoff = h
         if kind == "error":
             self._content()
-            raise ReplyError("agent_error", _error_message(obj.get("content") or "error in the n8n workflow"))
+            node = meta.get("nodeName")
+            raise ReplyError("agent_error", _error_message(obj.get("content") or (
+                f"the n8n node {node!r} failed" if isinstance(node, str) else "error in the n8n workflow")))
         if kind != "item":
             if kind == "keepalive":
                 self.keepalives += 1
