@@ -355,3 +355,30 @@ def test_openai_bounds_are_validated(line, what):
     with pytest.raises(ConfigError) as err:
         parse_agents(f'[[agents]]\nid = "llm"\nkind = "openai"\nurl = "http://x/v1"\nmodel = "m"\n{line}\n', "a.toml", env={})
     assert what in str(err.value) and "a.toml:6" in str(err.value)
+
+
+# --- check --reach ----------------------------------------------------------------------------------
+
+async def test_reach_probe_openai_models_and_webhook_host_only(agent_server):
+    from voxbridge.agents.health import probe_agent
+
+    seen = []
+
+    async def handler(req, resp):
+        seen.append((req.method, req.path, req.headers.get("authorization")))
+        if req.path == "/v1/models":
+            if req.headers.get("authorization") != "Bearer k":
+                return await resp.respond(401, {"error": "bad key"})
+            return await resp.respond(200, {"object": "list", "data": [{"id": "llama3"}, {"id": "qwen"}]})
+        await resp.respond(204, b"")
+
+    url = await agent_server(handler)
+    async with make_http_client() as http:
+        served = await probe_agent(spec(f"{url}/v1/chat/completions", kind="openai", model="llama3", api_key="k"), http)
+        missing = await probe_agent(spec(f"{url}/v1/chat/completions", kind="openai", model="gpt-9", api_key="k"), http)
+        refused = await probe_agent(spec(f"{url}/v1/chat/completions", kind="openai", model="llama3", api_key="x"), http)
+        hook = await probe_agent(spec(f"{url}/hook", kind="webhook"), http)
+    assert served.state == "ok" and missing.state == refused.state == "FAIL"
+    assert "llama3, qwen" in missing.detail and "API key" in refused.detail
+    assert hook.state == "unverified" and "not checked" in hook.detail
+    assert all(method in ("GET", "OPTIONS") for method, _, _ in seen)  # nothing was POSTed

@@ -158,6 +158,8 @@ async def probe_agent(agent: AgentSpec, http: httpx.AsyncClient) -> Probe:
         return Probe(agent.id, "FAIL", f"n8n has no webhook registered for POST at this path (methods: {allowed}; "
                                        f"HTTP {resp.status_code} in {ms()}): is the workflow active, the path "
                                        "right, n8n done starting?")
+    if resp.status_code == 404 or resp.status_code >= 500:
+        return Probe(agent.id, "FAIL", f"OPTIONS answered HTTP {resp.status_code} in {ms()}: nothing serves this path")
     what = ("the server did not answer the CORS preflight as n8n does, so the webhook's registration was not checked"
             if agent.kind == "n8n" else "the endpoint itself was not checked (only a POST would tell, and it triggers it)")
     return Probe(agent.id, "unverified", f"host answers (OPTIONS HTTP {resp.status_code} in {ms()}); {what}")

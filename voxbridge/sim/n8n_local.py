@@ -73,6 +73,18 @@ def flatted_parse(text: str):
     return revive(0)
 
 
+def _status(req: urllib.request.Request) -> int | None:
+    """The HTTP status of a request (None: no answer)."""
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
 class LocalN8n:
     def __init__(self, folder: Path, workflows: list[Path], *, port: int | None = None):
         self.folder = Path(folder)
@@ -169,26 +181,11 @@ class LocalN8n:
         raise N8nUnavailable(f"n8n did not serve /webhook/{ready_path} within {timeout_s:g}s: {self.log_tail()}")
 
     def get_status(self, path: str) -> int | None:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=5) as resp:
-                resp.read()
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return None
+        return _status(urllib.request.Request(self.base + path))
 
     def post_status(self, path: str, body: bytes = b'{"text": "ready?", "turnNumber": 0}') -> int | None:
-        req = urllib.request.Request(self.webhook(path), data=body, method="POST",
-                                     headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                resp.read()
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return None
+        return _status(urllib.request.Request(self.webhook(path), data=body, method="POST",
+                                              headers={"content-type": "application/json"}))
 
     def log_tail(self, n: int = 3000) -> str:
         try:
