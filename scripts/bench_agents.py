@@ -96,9 +96,9 @@ def main() -> int:
             n8n.start("vbx-json")
             rows = trio.run(bench, n8n, args.rounds, args.warmup)
     start = {"healthz_s": n8n.healthz_s, "first_webhook_200_s": n8n.start_s,
-             "not_registered_window_s": n8n.start_s - n8n.healthz_s, "webhook_404s_seen": n8n.not_registered_404s}
+             "not_registered_window_s": n8n.start_s - n8n.healthz_s, "not_ready_answers_seen": n8n.not_ready_answers}
     print(f"n8n 1.123.0 start: /healthz 200 after {start['healthz_s']:.1f} s, first webhook 200 after "
-          f"{start['first_webhook_200_s']:.1f} s ({start['not_registered_window_s']:.1f} s of 404 'not registered')\n")
+          f"{start['first_webhook_200_s']:.1f} s ({start['not_registered_window_s']:.1f} s of 'starting up' / 404 answers)\n")
     header = (f"{'webhook':<11} {'variant':<11} {'n':>3} {'first p50':>9} {'p95':>7} {'full p50':>9} {'p95':>7} "
               f"{'first/bare':>10} {'full/bare':>9}")
     print(header)

@@ -382,3 +382,29 @@ async def test_reach_probe_openai_models_and_webhook_host_only(agent_server):
     assert "llama3, qwen" in missing.detail and "API key" in refused.detail
     assert hook.state == "unverified" and "not checked" in hook.detail
     assert all(method in ("GET", "OPTIONS") for method, _, _ in seen)  # nothing was POSTed
+
+
+async def test_n8n_starting_up_answers_are_retried_not_spoken(agent_server):
+    """Just after n8n starts: 200 "n8n is starting up. Please wait" (text/html, its database is
+    migrating), then Express's 404 "Cannot POST" (routes not mounted), then the answer."""
+    calls = []
+
+    async def handler(req, resp):
+        calls.append(1)
+        if len(calls) == 1:
+            await resp.respond(200, "n8n is starting up. Please wait", "text/html; charset=utf-8")
+        elif len(calls) == 2:
+            page = ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+                    "</head>\n<body>\n<pre>Cannot POST /webhook/general</pre>\n</body>\n</html>\n")
+            await resp.respond(404, page, "text/html; charset=utf-8")
+        else:  # a "Respond with Text" answer: n8n sends it as text/html too
+            await resp.respond(200, "Ready now.", "text/html; charset=utf-8")
+
+    seen = []
+
+    async def on_text(t):
+        seen.append(t)
+
+    answer, _ = await call(spec(await agent_server(handler), retries=2), on_text)
+    assert answer.text == "Ready now." and answer.attempts == 3 and len(calls) == 3
+    assert "starting" not in "".join(seen)

@@ -25,17 +25,21 @@ STREAM, JSON_WF, ERROR, INACTIVE = "vbxStream0000001", "vbxJson000000001", "vbxE
 
 
 @pytest.fixture(scope="session")
-def n8n(tmp_path_factory):
+def n8n():
+    import tempfile
+
     from voxbridge.sim.n8n_local import LocalN8n, N8nUnavailable
 
-    try:
-        server = LocalN8n(tmp_path_factory.mktemp("n8n"), WORKFLOWS)
-        server.import_and_activate()
-        server.start("vbx-json")
-    except (N8nUnavailable, OSError) as exc:
-        service_missing("n8n 1.123.0", exc)
-    with server:
-        yield server
+    # its own temp dir, not pytest's numbered ones: a concurrent pytest session may prune those
+    with tempfile.TemporaryDirectory(prefix="voxbridge-n8n-") as folder:
+        try:
+            server = LocalN8n(Path(folder), WORKFLOWS)
+            server.import_and_activate()
+            server.start("vbx-json")
+        except (N8nUnavailable, OSError) as exc:
+            service_missing("n8n 1.123.0", exc)
+        with server:
+            yield server
 
 
 def agent(n8n, path: str, **kw) -> AgentSpec:
@@ -88,10 +92,15 @@ async def test_streamed_answer_whole_in_order_and_progressive(n8n):
     assert answer.first_byte_s is not None and answer.first_byte_s < answer.total_s
 
 
-async def test_streaming_and_json_answers(n8n):
+async def test_streaming_json_and_text_answers(n8n):
     streamed, _ = await call(agent(n8n, "vbx-stream"))
     plain, _ = await call(agent(n8n, "vbx-json"))
     assert streamed.text == plain.text == "You said: what time is it. Turn 3."
+    text, _ = await call(agent(n8n, "vbx-text"))  # "Respond with Text": n8n labels it text/html
+    assert text.text == "Plain text for alice."
+    async with httpx.AsyncClient() as http:
+        raw = await http.post(n8n.webhook("vbx-text"), json=PAYLOAD)
+    assert raw.headers["content-type"].startswith("text/html")  # so HTML is told by its text
 
 
 async def test_payload_n8n_received_has_every_field_and_previous_turns(n8n, settings):
@@ -158,3 +167,18 @@ def test_check_reach_command_against_real_n8n(n8n, tmp_path):
     lines = {line.split()[1]: line for line in r.stdout.splitlines() if line.strip().startswith("reach ")}
     assert " ok " in lines["good"] and "registered for POST" in lines["good"]
     assert " FAIL " in lines["gone"] and "vbx-inactive" not in r.stdout
+
+
+def test_the_loopback_replay_of_n8n_404_is_faithful(n8n):
+    """tests/test_agent_streams.py replays n8n's 404 "not registered" (what n8n answers for ~10 s
+    after a restart): the real one has the same message (but the path) and hint."""
+    import json
+
+    from voxbridge.agents.client import is_n8n_not_registered
+
+    from .n8n_like import NOT_REGISTERED_404
+
+    req = httpx.post(n8n.webhook("general"), json=PAYLOAD, headers={"accept-encoding": "gzip"})
+    real, replay = req.json(), json.loads(NOT_REGISTERED_404)
+    assert req.status_code == 404 and is_n8n_not_registered(404, req.content)
+    assert real["message"] == replay["message"] and real["hint"] == replay["hint"] and real["code"] == 404

@@ -54,26 +54,32 @@ def make_http_client() -> httpx.AsyncClient:
 
 
 NOT_REGISTERED_DETAIL = ("n8n says the webhook is not registered: is the workflow active and the path and "
-                         "method right? (n8n answers this for ~8 s after a restart while workflows activate)")
+                         "method right? (n8n answers this for ~10 s after a restart while workflows activate)")
+N8N_STARTING = "n8n is starting up. Please wait"  # n8n's 200 (!) while its database migrates
 
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)) or (
-        isinstance(exc, _Status) and (exc.status >= 500 or exc.not_registered)
+        isinstance(exc, _Status) and (exc.status >= 500 or bool(exc.state))
     )
 
 
 class _Status(Exception):
-    def __init__(self, status: int, not_registered: bool = False):
+    """An answer that is not an answer: an HTTP error, or n8n not ready (`state`): nothing ran."""
+
+    def __init__(self, status: int, state: str = ""):
         self.status = status
-        self.not_registered = not_registered  # n8n's 404 "webhook ... is not registered"
+        self.state = state  # "not_registered" | "n8n_starting" | ""
 
 
 def is_n8n_not_registered(status: int, body: bytes) -> bool:
     """n8n's 404 for a webhook it does not serve (now): `{"code":404,"message":"The requested
-    webhook \"POST x\" is not registered.","hint":...}` or "... not registered for GET requests"."""
+    webhook \"POST x\" is not registered.","hint":...}` or "... not registered for GET requests";
+    or, in the moment before its webhook routes are mounted, Express's `Cannot POST /webhook/x`."""
     if status != 404:
         return False
+    if b"<pre>Cannot POST /" in body[:2000]:
+        return True
     try:
         message = json.loads(body).get("message", "")
     except (ValueError, AttributeError):
@@ -114,8 +120,10 @@ async def call_agent(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, o
     except trio.TooSlowError:
         raise _total_timeout(agent, progress) from None
     except _Status as exc:
-        if exc.not_registered:
+        if exc.state == "not_registered":
             raise AgentError(agent.id, "not_registered", f"{NOT_REGISTERED_DETAIL}; {attempt} attempt(s)") from None
+        if exc.state == "n8n_starting":
+            raise AgentError(agent.id, "n8n_starting", f"n8n was still starting up; {attempt} attempt(s)") from None
         raise AgentError(agent.id, f"http_{exc.status}", f"after {attempt} attempt(s)") from None
     except _FirstByteTimeout:
         raise AgentError(agent.id, "timeout_first_byte", f"nothing within {agent.timeout_s:g}s") from None
@@ -151,7 +159,7 @@ class _StreamTimeout(Exception):
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, _Status):
-        return "not_registered" if exc.not_registered else f"http_{exc.status}"
+        return exc.state or f"http_{exc.status}"
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return "connect_failed"
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -209,7 +217,7 @@ async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_
                 head = b""
                 if resp.status_code == 404 and agent.kind == "n8n":
                     head = await _read_some(resp, 8192)
-                raise _Status(resp.status_code, is_n8n_not_registered(resp.status_code, head))
+                raise _Status(resp.status_code, "not_registered" if is_n8n_not_registered(resp.status_code, head) else "")
             parser = ReplyParser(agent.kind, resp.headers.get("content-type", ""))
             decoder = BodyDecoder(resp.headers.get("content-encoding"), agent.max_response_bytes)
             async for chunk in resp.aiter_raw():  # wire bytes; decoded (and capped) by BodyDecoder
@@ -243,6 +251,8 @@ async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_
     texts += parser.finish()
     if progress.first_byte is None and parser.content_seen:  # buffered: the body's first byte
         progress.first_byte = (first_data or time.perf_counter()) - started
+    if agent.kind == "n8n" and parser.mode == "buffered" and "".join(texts).strip() == N8N_STARTING:
+        raise _Status(resp.status_code, "n8n_starting")  # a 200 but nothing ran: retried like a 503
     for text in texts:
         pieces.append(text)
         await on_text(text)

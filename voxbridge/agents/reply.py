@@ -165,7 +165,8 @@ class ReplyParser:
         if obj is _NOT_JSON:
             if text.lstrip().startswith(("{", "[")):
                 raise ReplyError("garbage", "malformed JSON")
-            if "html" in self.content_type or text[:15].lower().startswith(("<!doctype", "<html")):
+            # by its text, not its Content-Type: n8n sends a "Respond with Text" answer as text/html
+            if text[:15].lower().startswith(("<!doctype", "<html", "<head", "<body")):
                 raise ReplyError("garbage", "an HTML page, not an answer (is the URL the webhook's?)")
             if self.kind == "openai":
                 raise ReplyError("garbage", "plain text, not a Chat Completions answer (JSON or SSE)")

@@ -9,7 +9,8 @@ Activating without the UI (n8n 1.123): `n8n import:workflow` stores the workflow
 without a `workflow_history` row; a workflow is served only when `active` is set and its
 `activeVersionId` names a history row (a foreign key), so both are written to the database
 before `n8n start` for every workflow file that says `"active": true`. After `/healthz` turns 200, webhooks still answer 404 "not registered" for
-several seconds while workflows activate: `start` waits until a webhook actually answers.
+several seconds while workflows activate (before that, briefly, 200 "n8n is starting up. Please
+wait" and 404 "Cannot POST"): `start` waits until a webhook answers with the workflow's JSON.
 """
 
 from __future__ import annotations
@@ -73,16 +74,15 @@ def flatted_parse(text: str):
     return revive(0)
 
 
-def _status(req: urllib.request.Request) -> int | None:
-    """The HTTP status of a request (None: no answer)."""
+def _status(req: urllib.request.Request) -> tuple[int | None, bytes]:
+    """The HTTP status and body of a request (None: no answer)."""
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
-            resp.read()
-            return resp.status
+            return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, exc.read()
     except OSError:
-        return None
+        return None, b""
 
 
 class LocalN8n:
@@ -95,7 +95,7 @@ class LocalN8n:
         self.binary = n8n_binary()
         self.start_s: float | None = None  # launch -> first webhook answer
         self.healthz_s: float | None = None  # launch -> /healthz 200 (webhooks 404 in between)
-        self.not_registered_404s = 0  # webhook 404s seen after /healthz was up
+        self.not_ready_answers = 0  # answers other than the workflow's after /healthz was up
 
     @property
     def base(self) -> str:
@@ -166,24 +166,26 @@ class LocalN8n:
             if self.proc.poll() is not None:
                 raise N8nUnavailable(f"n8n exited with {self.proc.returncode}: {self.log_tail()}")
             if self.healthz_s is None:
-                if self.get_status("/healthz") == 200:
+                if self.get_status("/healthz")[0] == 200:
                     self.healthz_s = time.perf_counter() - t0
                 else:
                     time.sleep(0.25)
                     continue
-            status = self.post_status(ready_path)
-            if status == 200:
+            # 200 "n8n is starting up. Please wait" (database migrating), then 404 "Cannot POST"
+            # (routes not mounted), then 404 "not registered" (activating): only JSON is the workflow
+            status, body = self.post_status(ready_path)
+            if status == 200 and body.lstrip().startswith(b"{"):
                 self.start_s = time.perf_counter() - t0
                 return
-            self.not_registered_404s += status == 404
+            self.not_ready_answers += 1
             time.sleep(0.25)
         self.stop()
         raise N8nUnavailable(f"n8n did not serve /webhook/{ready_path} within {timeout_s:g}s: {self.log_tail()}")
 
-    def get_status(self, path: str) -> int | None:
+    def get_status(self, path: str) -> tuple[int | None, bytes]:
         return _status(urllib.request.Request(self.base + path))
 
-    def post_status(self, path: str, body: bytes = b'{"text": "ready?", "turnNumber": 0}') -> int | None:
+    def post_status(self, path: str, body: bytes = b'{"text": "ready?", "turnNumber": 0}') -> tuple[int | None, bytes]:
         return _status(urllib.request.Request(self.webhook(path), data=body, method="POST",
                                               headers={"content-type": "application/json"}))
 
