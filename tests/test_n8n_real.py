@@ -182,3 +182,21 @@ def test_the_loopback_replay_of_n8n_404_is_faithful(n8n):
     real, replay = req.json(), json.loads(NOT_REGISTERED_404)
     assert req.status_code == 404 and is_n8n_not_registered(404, req.content)
     assert real["message"] == replay["message"] and real["hint"] == replay["hint"] and real["code"] == 404
+
+
+async def test_n8n_restart_is_ridden_through_by_retries(n8n, caplog):
+    """Restart the real n8n and call it the moment /healthz is up: its webhooks are not (200
+    "starting up", 404 "Cannot POST", 404 "not registered"). Those are retried within `retries`
+    (nothing ran) and the answer arrives; no other failure is retried. Last in this file: it
+    restarts the session's n8n (same port and database) and leaves it serving."""
+    n8n.stop()
+    n8n.launch()
+    await trio.to_thread.run_sync(n8n.wait_healthz)
+    with caplog.at_level("WARNING", logger="voxbridge.agents"):
+        answer, _ = await call(agent(n8n, "vbx-json", retries=7))  # backoff up to 0.25 * (2^7 - 1) = 32 s
+    reasons = [r.getMessage().split("reason=")[1].split()[0] for r in caplog.records if "event=agent_retry" in r.getMessage()]
+    assert answer.text == "You said: what time is it. Turn 3."
+    assert answer.attempts == len(reasons) + 1 >= 2, reasons  # it was not ready at /healthz 200
+    assert set(reasons) <= {"not_registered", "n8n_starting"}, reasons
+    print(f"restart: retried {reasons}, answered after {answer.total_s:.1f} s")  # shown with -s
+    await trio.to_thread.run_sync(lambda: n8n.wait_ready("vbx-stream"))

@@ -4,10 +4,13 @@ Kinds differ only in the request (`build_request`): `n8n` and `webhook` POST the
 payload; `openai` POSTs a Chat Completions body (system prompt, previous turns as messages).
 The reply's shape (JSON, text, n8n NDJSON, SSE) is detected by `ReplyParser`.
 
-Retries with exponential backoff on connection errors and 5xx — only before the first byte of
-the answer, never after (the agent may already be acting). Timeouts: connect, first byte /
-between chunks (`timeout_s`), whole answer (`total_timeout_s`). The body is capped at
-`max_response_bytes`. Errors are `AgentError`s with a short reason and no URL in them.
+Retries with exponential backoff on connection errors, 5xx and n8n's not-ready answers (404
+"not registered", 200 "n8n is starting up") — only before the first byte of the answer, never
+after (the agent may already be acting). Timeouts: connect, first byte / between chunks
+(`timeout_s`), whole answer (`total_timeout_s`); keepalives are not the answer's first byte and
+hold a silent answer open only until `total_timeout_s`. The body is decoded as it streams
+(`decode.BodyDecoder`: gzip, deflate) and capped at `max_response_bytes` on the wire and decoded.
+Errors are `AgentError`s with a short reason and no URL in them.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class LocalN8n:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.folder / "n8n.log"
         self.binary = n8n_binary()
+        self._launched = 0.0
         self.start_s: float | None = None  # launch -> first webhook answer
         self.healthz_s: float | None = None  # launch -> /healthz 200 (webhooks 404 in between)
         self.not_ready_answers = 0  # answers other than the workflow's after /healthz was up
@@ -155,13 +156,27 @@ class LocalN8n:
 
     def start(self, ready_path: str, *, timeout_s: float = 180) -> None:
         """Launch `n8n start`; return once POST `ready_path` (a JSON-answering webhook) answers 200."""
+        self.launch()
+        self.wait_ready(ready_path, timeout_s=timeout_s)
+
+    def launch(self) -> None:
+        """Start the n8n process (same port and database as before: a restart); do not wait."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
+        self._launched = time.perf_counter()
+        self.healthz_s = self.start_s = None
+        self.not_ready_answers = 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
         self.proc = subprocess.Popen([str(self.binary), "start"], env=self.env(), cwd=self.folder, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = t0 + timeout_s
+
+    def wait_healthz(self, *, timeout_s: float = 180) -> None:
+        self.wait_ready(None, timeout_s=timeout_s)
+
+    def wait_ready(self, ready_path: str | None, *, timeout_s: float = 180) -> None:
+        """Until /healthz is 200 and then (unless `ready_path` is None) the webhook answers JSON."""
+        t0 = self._launched
+        deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise N8nUnavailable(f"n8n exited with {self.proc.returncode}: {self.log_tail()}")
@@ -171,6 +186,8 @@ class LocalN8n:
                 else:
                     time.sleep(0.25)
                     continue
+            if ready_path is None:
+                return
             # 200 "n8n is starting up. Please wait" (database migrating), then 404 "Cannot POST"
             # (routes not mounted), then 404 "not registered" (activating): only JSON is the workflow
             status, body = self.post_status(ready_path)
@@ -180,7 +197,7 @@ class LocalN8n:
             self.not_ready_answers += 1
             time.sleep(0.25)
         self.stop()
-        raise N8nUnavailable(f"n8n did not serve /webhook/{ready_path} within {timeout_s:g}s: {self.log_tail()}")
+        raise N8nUnavailable(f"n8n did not serve /webhook/{ready_path or ''} within {timeout_s:g}s: {self.log_tail()}")
 
     def get_status(self, path: str) -> tuple[int | None, bytes]:
         return _status(urllib.request.Request(self.base + path))
