@@ -171,7 +171,7 @@ async def test_agent_closing_mid_stream_fails_the_turn_without_retry(settings, a
         out = await ask(services, "hello")
         row = await services.store.get_turn(out.turn_id)
     assert len(calls) == 1  # never retried after the first byte
-    assert row["status"] == "failed" and row["error"].split(":")[0] in ("connection_closed", "bad_response")
+    assert row["status"] == "failed" and row["error"].split(":")[0] in ("connection_closed", "garbage")
 
 
 async def test_fifty_megabyte_answer_is_cut_at_the_cap(settings, agent_server):

@@ -190,32 +190,20 @@ def cmd_check(args) -> int:
     if not args.reach:
         return 0
     results = trio.run(_reach, agents)
-    bad = 0
-    for agent_id, ok, detail in results:
-        bad += not ok
-        print(f"  reach {agent_id:<16} {'ok  ' if ok else 'FAIL'} {detail}")
-    return 1 if bad else 0
+    print("  reach: n8n: CORS preflight (is a POST webhook registered at the path?); openai: GET /models "
+          "(is the model served?); webhook: OPTIONS (host only). Nothing is triggered.")
+    for probe in results:
+        print(f"  reach {probe.agent_id:<16} {probe.state:<10} {probe.detail}")
+    return 1 if any(p.state == "FAIL" for p in results) else 0
 
 
 async def _reach(agents):
-    """Probe each agent without triggering it: an OPTIONS request (n8n answers CORS preflights)."""
-    import httpx
-
+    """Probe each agent without triggering it (see `voxbridge.agents.health.probe_agent`)."""
     from .agents.client import make_http_client
+    from .agents.health import probe_agent
 
-    results = []
     async with make_http_client() as http:
-        for a in agents.agents:
-            t0 = time.perf_counter()
-            try:
-                resp = await http.request("OPTIONS", a.url, timeout=a.connect_timeout_s + 2, headers=a.headers)
-                ms = (time.perf_counter() - t0) * 1000
-                ok = resp.status_code < 500 and resp.status_code != 404
-                hint = " (is the webhook active/registered?)" if resp.status_code == 404 else ""
-                results.append((a.id, ok, f"HTTP {resp.status_code} in {ms:.0f} ms{hint}"))
-            except httpx.HTTPError as exc:
-                results.append((a.id, False, f"{type(exc).__name__}: cannot reach the host"))
-    return results
+        return [await probe_agent(a, http) for a in agents.agents]
 
 
 def cmd_say(args) -> int:
@@ -287,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate settings and agents.toml")
     c.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
-    c.add_argument("--reach", action="store_true", help="also probe each agent's URL (HTTP OPTIONS; nothing is triggered)")
+    c.add_argument("--reach", action="store_true", help="also probe each agent without triggering it (n8n: CORS preflight shows whether the webhook is registered; openai: GET /models; webhook: OPTIONS)")
     c.set_defaults(func=cmd_check)
 
     y = sub.add_parser("say", help="route typed text exactly as speech would be; print the decision and the streamed answer")
@@ -297,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--channel", default="cli-channel")
     y.add_argument("--roles", default="", help="comma-separated role ids of the member (agent/rule scoping)")
     y.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
-    y.add_argument("--store", default=None, help="store URL (default: [store].url)")
+    y.add_argument("--store", default=None, help="store URL (default: [store].url): sqlite:///relative/path.db, sqlite:////absolute/path.db (four slashes) or postgresql://...")
     y.add_argument("--demo-agents", action="store_true", help="answer from the built-in demo webhooks")
     y.add_argument("--speak", metavar="OUT.wav", help="also synthesize the answer to a WAV file")
     y.set_defaults(func=cmd_say)

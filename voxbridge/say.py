@@ -46,7 +46,10 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
                 print(f"route: {d.method}{rule} -> {','.join(d.agent_ids) or '(none)'}{extra}{skipped} ({d.latency_ms} ms)", file=out, flush=True)
                 print("answer: ", end="", file=out, flush=True)
 
+            printed: list[str] = []
+
             async def on_text(t: str) -> None:
+                printed.append(t)
                 print(t, end="", file=out, flush=True)
 
             async with trio.open_nursery() as inner:  # bounds the playback task of --speak
@@ -55,14 +58,36 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
                 outcome = await answer_transcript(services, speaker, transcript, ended_at=trio.current_time(),
                                                   timings={}, playback=playback, on_text=on_text, on_decision=on_decision)
                 inner.cancel_scope.cancel()
+            if outcome.status != "answered" and outcome.speech is not None:
+                # what the channel hears instead of an answer (a partial answer is dropped)
+                notice = " ".join(outcome.speech.said) or "(nothing: [agents].failure_notice is empty)"
+                if "".join(printed).strip():
+                    print(" [dropped: the agent failed mid-answer]", file=out)
+                print(f"[failure notice] {notice}", end="", file=out)
             print(file=out)
             if outcome.status == "answered":
                 print(f"turn {outcome.turn_id}: answered", file=out)
             else:
                 print(f"turn {outcome.turn_id}: {outcome.status}: {outcome.error}", file=out)
+            if path := getattr(getattr(services.store, "backend", None), "path", None):
+                print(describe_sqlite_path(path), file=out)
             if speak is not None:
                 pcm = b"".join(sink.frames)
                 await trio.to_thread.run_sync(write_wav, speak, pcm, DISCORD_RATE, 2)
                 print(f"spoken answer: {speak} ({len(pcm) / (DISCORD_RATE * 4):.1f} s)", file=out)
         nursery.cancel_scope.cancel()
     return 0 if outcome.status == "answered" else 1
+
+
+def describe_sqlite_path(path: str) -> str:
+    """Where a SQLite store is; a hint when `sqlite:///tmp/x.db` (relative: three slashes) was
+    probably meant as `/tmp/x.db` (absolute: `sqlite:////tmp/x.db`, four slashes)."""
+    if path == ":memory:":
+        return "store: :memory:"
+    p = Path(path)
+    line = f"store: {p.resolve()}"
+    first = p.parts[0] if p.parts else ""
+    if not p.is_absolute() and first and (Path("/") / first).is_dir() and Path.cwd() != Path("/"):
+        line += (f"\n  (sqlite:///{path} is relative to the working directory; for /{path} write "
+                 f"sqlite:////{path}, four slashes)")
+    return line

@@ -74,6 +74,8 @@ class AgentSpec:
     api_key: str = attrs.field(default="", repr=_secret)  # openai: Authorization: Bearer
     model: str = ""  # openai: the model name
     system_prompt: str = ""  # openai: the system message
+    max_tokens: int = 300  # openai: longest answer (~1.5 min of speech); a runaway model stops there
+    temperature: float = 0.7  # openai: sampling temperature, 0-2
     keywords: tuple[str, ...] = ()
     priority: int = 0
     guilds: tuple[str, ...] = ()  # empty: every guild
@@ -333,7 +335,8 @@ def parse_agents(text: str, source: str = "agents.toml", env: dict[str, str] | N
             if key in kwargs:
                 _check_range(kwargs[key], 0.001, 3600, functools.partial(where, key), f"{name}.{key}", " seconds")
         for key, lo, hi in (("retries", 0, 10), ("max_response_bytes", 1024, 1 << 30), ("max_concurrency", 1, 1000),
-                            ("circuit_failures", 1, 1000), ("priority", -10_000, 10_000)):
+                            ("circuit_failures", 1, 1000), ("priority", -10_000, 10_000), ("max_tokens", 1, 100_000),
+                            ("temperature", 0, 2)):
             if key in kwargs:
                 _check_range(kwargs[key], lo, hi, functools.partial(where, key), f"{name}.{key}")
         if kwargs["kind"] == "openai" and not kwargs.get("model"):

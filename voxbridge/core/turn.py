@@ -94,6 +94,7 @@ class _Speech:
         self.first_text_at: float | None = None
         self.clauses = 0
         self.tts_errors = 0
+        self.said: list[str] = []  # notices spoken (the failure notice), for `voxbridge say`
 
     def _ms(self) -> int:
         return round((trio.current_time() - self.ended_at) * 1000)
@@ -107,6 +108,7 @@ class _Speech:
 
     def say(self, text: str) -> None:
         """Queue whole sentences (notices, broadcast answers) after what is pending."""
+        self.said.append(text)
         for clause in self.splitter.feed(text + "\n"):
             self._clause(clause)
 
