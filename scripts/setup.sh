@@ -18,6 +18,17 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libopus\.so'; then
   fi
 fi
 
+# --dev: espeak-ng voices (Debian) for the name-detection test and scripts/bench_names.py.
+if [[ "${1:-}" == "--dev" ]] && ! command -v espeak-ng >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "setup: installing espeak-ng (test voices)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) \
+      || echo "setup: warning: could not install espeak-ng; the name tests need it" >&2
+  else
+    echo "setup: warning: espeak-ng not found; install it (Debian: apt-get install espeak-ng) for the name tests" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv

@@ -117,3 +117,16 @@ def test_router_uses_the_words():
     assert (d.method, d.rule_id) == ("rule", "music")
     assert lines[-1] == "rule music: chosen: keyword 'spotify'"
     assert explain("Hello there.")[0].method == "fallback"
+
+
+def test_check_warns_about_keywords_that_cannot_match(tmp_path):
+    from .test_cli import vbx
+
+    f = tmp_path / "agents.toml"
+    f.write_text('[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://127.0.0.1:9/a"\nkeywords = ["weather\'s", "!!!"]\n\n'
+                 '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { keywords = ["c++"] }\n')
+    r = vbx("check", "--agents", str(f))
+    assert r.returncode == 0, r.stderr
+    assert "warning: agent a: keyword '!!!' has no letters or digits, so it can never match" in r.stdout
+    assert "warning: rule r: keyword 'c++' matches as 'c'" in r.stdout
+    assert "weather's" not in r.stdout

@@ -38,7 +38,8 @@ _TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty se
 _NUMBERS = {w: i for i, w in enumerate(_UNITS)} | _TENS
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
+    """NFKC, casefold, plain apostrophes, no accents on Latin letters."""
     text = unicodedata.normalize("NFKC", text).casefold().translate(_APOSTROPHES)
     if text.isascii():
         return text
@@ -82,7 +83,7 @@ _TENS_DIGITS = {str(v) for v in _TENS.values()}
 @functools.lru_cache(maxsize=4096)
 def _words_cached(text: str) -> tuple[str, ...]:
     tokens: list[str] = []
-    for m in _TOKEN.finditer(_fold(text)):
+    for m in _TOKEN.finditer(fold(text)):
         tokens.extend(t for t in _expand(m.group()) if t)
     return tuple(_numbers(tokens))
 

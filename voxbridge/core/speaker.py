@@ -47,8 +47,9 @@ class SpeakerInfo:
 class Decode:
     """One transcription in flight, awaitable by the turn that needs its result."""
 
-    def __init__(self, stt, audio: np.ndarray, utterance: int, early: bool):
+    def __init__(self, stt, audio: np.ndarray, utterance: int, early: bool, prompt: str | None = None):
         self.stt = stt
+        self.prompt = prompt  # addressed mode: the bot's name, so Whisper spells it as written
         self.audio = audio
         self.utterance = utterance
         self.early = early
@@ -62,7 +63,7 @@ class Decode:
     async def run(self) -> None:
         try:
             with self.scope:
-                self.result = await self.stt.transcribe(self.audio)
+                self.result = await self.stt.transcribe(self.audio, prompt=self.prompt)
         except SttError as exc:
             self.error = exc
         finally:
@@ -159,7 +160,7 @@ class SpeakerSession:
             self.channel.on_speech_started(self.info)
         elif isinstance(event, SilenceStarted):
             self._cancel_early()
-            self._early = Decode(stt, event.audio, event.utterance, early=True)
+            self._early = Decode(stt, event.audio, event.utterance, early=True, prompt=self.channel.stt_prompt())
             self._nursery.start_soon(self._early.run)
         elif isinstance(event, (SpeechResumed, UtteranceDropped)):
             if self._cancel_early():
@@ -177,7 +178,7 @@ class SpeakerSession:
             else:
                 if early is not None:
                     early.cancel()
-                decode = Decode(stt, event.audio, event.utterance, early=False)
+                decode = Decode(stt, event.audio, event.utterance, early=False, prompt=self.channel.stt_prompt())
                 self._nursery.start_soon(decode.run)
             vad_ms = round((ended_at - self._last_speech_at) * 1000) if self._last_speech_at is not None else None
             self._nursery.start_soon(self._run_turn, self.channel, self.info, event, decode, ended_at, vad_ms)
