@@ -9,7 +9,9 @@ mode matcher (`voxbridge.core.conversation.addressed`) and, for comparison, by t
 matcher (a crude key, exact match only). Syntheses and transcripts are cached under
 bench-out/names-cache, so a second run only re-matches.
 
-    .venv/bin/python scripts/bench_names.py                 # 100 per addressed phrase, ~10-15 min cold on 2 cores
+    .venv/bin/python scripts/bench_names.py                 # 100 per addressed phrase; cold: 1000 decodes,
+                                                            # 37 min on the shared 2-core machine (load ~12),
+                                                            # about a third of that idle; cached: seconds
     .venv/bin/python scripts/bench_names.py --per-phrase 20 --ordinary-per 2   # a quick look
 Prints tables and writes bench-out/names.json.
 """
@@ -288,8 +290,11 @@ def main() -> int:
             examples[f"{variant}/{mname}"] = {"missed": [[it[3], it[4], t] for it, t in miss[:40]],
                                               "false_triggers": [[it[3], it[4], t] for it, t in false[:40]]}
             if mname.endswith("(now)"):
-                for cond in CONDITIONS:
-                    sel = [(it, t) for it, t in zip(items, texts, strict=True) if it[4] == cond]
+                for cond in [f"{src}|{c}" for src in ("piper", "espeak") for c in CONDITIONS]:
+                    src, c = cond.split("|")
+                    sel = [(it, t) for it, t in zip(items, texts, strict=True) if it[4] == c and it[3].startswith(src)]
+                    if not sel:
+                        continue
                     a = [t for it, t in sel if it[0] == "addressed"]
                     o = [t for it, t in sel if it[0] == "ordinary"]
                     per_condition[f"{variant}|{cond}"] = {
@@ -320,10 +325,10 @@ def main() -> int:
         print(f"{r['stt']:<10} {r['matcher']:<22} {r['missed']:>5}/{r['addressed']:<6} {100 * r['miss_rate']:>6.2f}% "
               f"{r['false_triggers']:>5}/{r['ordinary']:<6} {100 * r['false_trigger_rate']:>7.2f}% "
               f"{r['wer_rest_of_addressed']:>9.3f} {r['wer_ordinary']:>13.3f}")
-    print(f"\nper condition (matcher now): {'stt':<9} {'condition':<12} {'missed':>10} {'false trig.':>12}")
+    print(f"\nper voice and condition (matcher now): {'stt':<9} {'voice':<7} {'condition':<12} {'missed':>10} {'false trig.':>12}")
     for key, c in per_condition.items():
-        variant, cond = key.split("|")
-        print(f"{'':28} {variant:<9} {cond:<12} {c['missed']:>4}/{c['addressed']:<5} {c['false_triggers']:>5}/{c['ordinary']:<6}")
+        variant, src, cond = key.split("|")
+        print(f"{'':38} {variant:<9} {src:<7} {cond:<12} {c['missed']:>4}/{c['addressed']:<5} {c['false_triggers']:>5}/{c['ordinary']:<6}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"bot_name": BOT_NAME, "prompt": prompt, "model": model_id, "espeak": espeak,
