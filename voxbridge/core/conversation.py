@@ -26,8 +26,8 @@ MODES = ("conversation", "addressed", "transcribe")
 # Said before the name without being part of it: "Hey VoxBridge", "OK VoxBridge".
 GREETINGS = frozenset({"hey", "hi", "hello", "ok", "okay", "oh", "yo", "hay"})
 _RAW_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-# Sounds Whisper confuses on a name it does not know: b/p/v/f (P, F), th/t (0, T), s/sh (S, X),
-# n/m, k/g (K, J before e/i is rare in names): a substitution inside a group costs half.
+# Sounds Whisper confuses on a name it does not know (Double Metaphone letters): b/p and v/f
+# (P, F), th/t (0, T), s/sh (S, X), n/m: a substitution inside a group costs half.
 _NEAR = [set("PF"), set("T0"), set("SX"), set("NM")]
 
 
