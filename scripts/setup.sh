@@ -25,12 +25,13 @@ if [[ "$libs" != *libopus.so* ]]; then apt_packages+=(libopus0); fi
 if [[ $dev == 1 ]]; then
   command -v redis-server >/dev/null || apt_packages+=(redis-server)
   command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+  command -v espeak-ng >/dev/null || apt_packages+=(espeak-ng)  # test voices: tests/test_names.py, bench_names.py
 fi
 if (( ${#apt_packages[@]} )); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "setup: installing ${apt_packages[*]}" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null) \
-      || echo "setup: warning: could not install ${apt_packages[*]} (libopus0: Discord voice; redis-server, systemd: tests)" >&2
+      || echo "setup: warning: could not install ${apt_packages[*]} (libopus0: Discord voice; redis-server, systemd, espeak-ng: tests)" >&2
   else
     echo "setup: warning: not installed: ${apt_packages[*]}; install them (Debian: apt-get install ${apt_packages[*]})" >&2
   fi

@@ -176,6 +176,7 @@ def cmd_transcribe(args) -> int:
 
 def cmd_check(args) -> int:
     from .agents.config import load_agents, redact_url
+    from .words import keyword_problem
 
     settings = _settings(args)
     agents = load_agents(settings.agents.file)
@@ -187,6 +188,11 @@ def cmd_check(args) -> int:
         print(f"  agent {a.id:<16} {a.kind:<8} {redact_url(a.url)}  {a.name}")
     for rule in agents.rules:
         print(f"  rule  {rule.id:<16} priority {rule.priority:<4} -> {', '.join(rule.agents)}")
+    for where, keywords in [*((f"agent {a.id}", a.keywords) for a in agents.agents),
+                            *((f"rule {r.id}", r.match.keywords) for r in agents.rules)]:
+        for k in keywords:
+            if problem := keyword_problem(k):
+                print(f"  warning: {where}: {problem}")
     if not args.reach:
         return 0
     results = trio.run(_reach, agents)
@@ -213,7 +219,7 @@ def cmd_say(args) -> int:
     roles = frozenset(r for r in (args.roles or "").split(",") if r)
     return trio.run(lambda: say(settings, " ".join(args.text), user=args.user, guild=args.guild, channel=args.channel,
                                 roles=roles, demo_agents=args.demo_agents, speak=Path(args.speak) if args.speak else None,
-                                store_url=args.store))
+                                store_url=args.store, explain=args.explain))
 
 
 def cmd_config(args) -> int:
@@ -288,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--store", default=None, help="store URL (default: [store].url): sqlite:///relative/path.db, sqlite:////absolute/path.db (four slashes) or postgresql://...")
     y.add_argument("--demo-agents", action="store_true", help="answer from the built-in demo webhooks")
     y.add_argument("--speak", metavar="OUT.wav", help="also synthesize the answer to a WAV file")
+    y.add_argument("--explain", action="store_true", help="print each routing tier: what matched, or why not")
     y.set_defaults(func=cmd_say)
 
     g = sub.add_parser("config", help="print the effective settings")

@@ -122,6 +122,7 @@ class ConversationSettings:
     mode: str = _field("conversation", "conversation (answer every utterance), addressed (only utterances that start with the bot's name or a wake phrase; the phrase is stripped), transcribe (post transcripts, call no agent). /voxbridge mode changes it per channel.", _one_of("conversation", "addressed", "transcribe"))
     wake_phrases: tuple[str, ...] = _field((), "Extra phrases that address the bot (its [general].bot_name always does), e.g. [\"hey bridge\", \"computer\"].")
     addressed_above_humans: int = _field(2, "In conversation mode, switch to addressed while the channel has more than this many humans (0: never).", _non_negative)
+    name_prompt: bool = _field(True, "In addressed mode, give the STT the bot's name and wake phrases as its prompt, so Whisper spells them as written (scripts/bench_names.py measures it).")
     echo_window_s: float = _field(8.0, "An utterance matching what the bot said up to this long ago (users on speakers) is not routed.", _non_negative)
     echo_threshold: float = _field(0.6, "Share of an utterance's words found in the bot's recent speech for it to count as echo.", _unit)
     thinking_cue: bool = _field(False, "Play a short quiet sound while waiting for the agent's first sentence.")

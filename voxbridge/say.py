@@ -2,6 +2,7 @@
 
 Runs the same `answer_transcript` as the voice path: the turn is stored, routed, the agent is
 called, and the answer streams to the terminal (and, with `--speak`, is synthesized to a WAV).
+`--explain` prints the router's trace: each tier, what matched or why not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .stt import Transcript
 
 async def say(settings, text: str, *, user: str, guild: str, channel: str, roles: frozenset[str],
               demo_agents: bool = False, speak: Path | None = None, store_url: str | None = None,
-              out=sys.stdout) -> int:
+              explain: bool = False, out=sys.stdout) -> int:
     from .agents.config import load_agents
     from .sim.demo_agents import DemoAgents
 
@@ -44,6 +45,9 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
                 extra = f" fallbacks={','.join(d.fallbacks)}" if d.fallbacks else ""
                 skipped = f" skipped(circuit open)={','.join(d.skipped)}" if d.skipped else ""
                 print(f"route: {d.method}{rule} -> {','.join(d.agent_ids) or '(none)'}{extra}{skipped} ({d.latency_ms} ms)", file=out, flush=True)
+                if explain:
+                    for step in d.trace:
+                        print(f"  why: {step}", file=out, flush=True)
                 print("answer: ", end="", file=out, flush=True)
 
             printed: list[str] = []

@@ -61,8 +61,9 @@ class Decode:
     start (checked again in `run`, right before it takes the worker, with no yield in between);
     otherwise it is `skipped` and the final decode runs when the utterance ends."""
 
-    def __init__(self, stt, audio: np.ndarray, utterance: int, early: bool):
+    def __init__(self, stt, audio: np.ndarray, utterance: int, early: bool, prompt: str | None = None):
         self.stt = stt
+        self.prompt = prompt  # addressed mode: the bot's name, so Whisper spells it as written
         self.audio = audio
         self.utterance = utterance
         self.early = early
@@ -81,7 +82,7 @@ class Decode:
                 self.skipped = True
                 return
             with self.scope:
-                self.result = await self.stt.transcribe(self.audio)
+                self.result = await self.stt.transcribe(self.audio, prompt=self.prompt)
         except SttError as exc:
             self.error = exc
         finally:
@@ -179,7 +180,7 @@ class SpeakerSession:
         elif isinstance(event, SilenceStarted):
             self._cancel_early()
             if has_spare_capacity(stt):  # speculative work only on an idle worker
-                self._early = Decode(stt, event.audio, event.utterance, early=True)
+                self._early = Decode(stt, event.audio, event.utterance, early=True, prompt=self.channel.stt_prompt())
                 self._nursery.start_soon(self._early.run)
             else:
                 self.stats["early_skipped"] += 1
@@ -203,7 +204,7 @@ class SpeakerSession:
             else:
                 if early is not None:
                     early.cancel()
-                decode = Decode(stt, event.audio, event.utterance, early=False)
+                decode = Decode(stt, event.audio, event.utterance, early=False, prompt=self.channel.stt_prompt())
                 self._nursery.start_soon(decode.run)
             vad_ms = round((ended_at - self._last_speech_at) * 1000) if self._last_speech_at is not None else None
             self._nursery.start_soon(self._run_turn, self.channel, self.info, event, decode, ended_at, vad_ms)
