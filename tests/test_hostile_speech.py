@@ -132,10 +132,12 @@ async def test_websocket_stt_long_utterance_rejected_endpoint_and_errors_stay_in
     bad = f"ws://127.0.0.1:{rejecting.port}"
     sentence = speech.pcm16k("Please tell me a short story about a friendly dragon.")
     gap = np.zeros(STT_RATE // 2, np.float32)
-    long = np.concatenate([np.concatenate([sentence, gap])] * 12)
+    last = speech.pcm16k("What time is it in Tokyo?")  # a different last sentence: the tail arrived
+    long = np.concatenate([np.concatenate([sentence, gap])] * 11 + [last])
     assert len(long) * 2 > 1 << 20  # over the 1 MiB a websocket message may carry (~33 s)
     tr = await WebsocketStt(stt_settings("websocket", [good], timeout_s=120)).transcribe(long)  # before: ConnectionClosed escaped
-    assert tr.text.lower().count("dragon") >= 4, tr.text  # tiny.en skips some repeats; the audio all arrived
+    # tiny.en collapses some of the identical repeats; the first and the last sentence prove it all arrived
+    assert "dragon" in tr.text.lower() and "tokyo" in tr.text.lower(), tr.text
     engine = WebsocketStt(stt_settings("websocket", [bad, good], timeout_s=60))
     tr = await engine.transcribe(sentence)  # before: trio_websocket.ConnectionRejected escaped
     assert wer("Please tell me a short story about a friendly dragon.", tr.text) <= 0.25, tr.text
