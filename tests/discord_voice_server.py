@@ -192,7 +192,7 @@ class DiscordVoiceServer:
         self.bot_speaking: list[int] = []
         self.packets_sent: Counter[int] = Counter()  # per member, put on the wire
         self.packets_lost: Counter[int] = Counter()  # per member, dropped by `loss`
-        self.speech_starts: dict[int, list[float]] = defaultdict(list)  # perf_counter of each speak()'s first packet
+        self.speech_starts: dict[int, list[float]] = defaultdict(list)  # perf_counter of each talk spurt's first packet
         self.counters: Counter[str] = Counter()  # heartbeats, keepalives, identifies, ...
         self.identified: list[dict] = []
         self.nursery: trio.Nursery | None = None
@@ -307,7 +307,7 @@ class DiscordVoiceServer:
         frames += [bytes(FRAME_BYTES)] * self.silence_frames  # ends like a client: silence frames
         quiet = self.silence_frames + 1  # not sending until the first sound
         held: bytes | None = None
-        first = True
+        spurt = True
         start = trio.current_time()
         for i, frame in enumerate(frames):
             await trio.sleep_until(start + i * 0.02)
@@ -315,6 +315,7 @@ class DiscordVoiceServer:
             quiet = quiet + 1 if silent else 0
             if quiet > self.silence_frames:
                 m.ts += SAMPLES_PER_FRAME  # time goes on, nothing is sent
+                spurt = True
                 continue
             payload = OPUS_SILENCE if silent else m.encoder.encode(frame, SAMPLES_PER_FRAME)
             packet = self._member_packet(m, payload, _audio_level(frame), padding)
@@ -324,9 +325,9 @@ class DiscordVoiceServer:
             if held is None and rng.random() < reorder:
                 held = packet  # goes out after the next one
                 continue
-            if first and not silent:
+            if spurt and not silent:  # the first packet of a talk spurt (after quiet)
                 self.speech_starts[uid].append(time.perf_counter())
-                first = False
+                spurt = False
             self._send_udp(uid, packet)
             if held is not None:
                 self._send_udp(uid, held)

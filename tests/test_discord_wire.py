@@ -43,13 +43,16 @@ async def wait_turns(w, uid, n=1, *, status=("answered",)) -> list[dict]:
             await trio.sleep(0.1)
     raise AssertionError(f"member {uid}: expected {n} turn(s) {status} within {WAIT_S}s; turns: "
                          f"{await turns_of(w, uid)}; wire: {w.server.counters.copy()}, packets sent "
-                         f"{w.server.packets_sent.copy()}; sink frames {_sink_frames(w)}")
+                         f"{w.server.packets_sent.copy()}; receive {_receive_stats(w)}")
 
 
-def _sink_frames(w):
+def _receive_stats(w):
+    """What the bot's receive side counted (for failure messages): its receiver's or its sink's."""
+    held = getattr(w.app, "guild_voice", {}).get(w.guild.id)
+    if held is not None:
+        return getattr(held.receiver, "stats", None)
     reader = getattr(w.vc, "_reader", None)
-    sink = getattr(reader, "sink", None) if reader else None
-    return getattr(sink, "frames", None)
+    return {"sink_frames": getattr(getattr(reader, "sink", None), "frames", None)}
 
 
 async def wait_bot_done(w, quiet_s=0.8):
