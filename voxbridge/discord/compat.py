@@ -1,85 +1,94 @@
-"""py-cord 2.8.1 voice receive and playback, made to work, in one place.
+"""Every workaround for py-cord 2.8.1's voice code, in one place (so a fixed py-cord can drop it).
 
-As released, 2.8.1's receive path is broken for stock sinks (upstream issue 3241; the fix,
-pull request 3159, is unmerged): the packet router expects `__sink_listeners__`,
-`walk_children()` and `is_opus()` on the sink, never calls `Sink.init`, and hands `write()` a
-`VoiceData` (`.pcm` = 48 kHz stereo s16le, 3840 bytes per 20 ms; `.source` = the member).
-`VoxSink` provides all of that. It runs on py-cord's packet-router thread, which holds a lock
-while calling it: every method here only hands data to trio (`run_sync_soon`) and returns.
+Found by driving the real `VoiceClient` against a loopback Discord voice server
+(tests/discord_voice_server.py):
+
+- The socket-reader thread schedules its listeners with `loop.create_task` from a foreign thread,
+  which does not wake the asyncio loop: packets (and the IP discovery answer, so connecting)
+  wait for an unrelated wake-up, then arrive in bursts. `_prompt_do_run` calls listeners marked
+  `__vox_threadsafe__` (our receiver) directly on the socket thread and schedules the others
+  with `call_soon_threadsafe`, which wakes the loop.
+- Receive as released is unusable (no audio without DAVE, double-stripped extension with DAVE,
+  the router thread dies on the first Opus error, no new key ever applied): VoxBridge does not
+  call `start_recording`; `receive.VoiceReceiver` is its own pipeline.
+- Without py-cord's reader, a member leaving (op 13) makes `_remove_ssrc` touch
+  `MISSING.speaking_timer` and the exception kills the voice websocket's poller: guarded here.
 
 `VoxAudioSource.read()` runs on py-cord's player thread every 20 ms: it returns the next frame
 from the channel's `PlayerBuffer`, silence during a short gap inside an answer, and b"" once the
-channel has nothing left to say (which ends py-cord's player without touching the receiver;
-never `vc.stop()`, which would also stop listening).
+channel has nothing left to say (which ends py-cord's player without touching receive; never
+`vc.stop()`).
 """
 
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import Callable
-from typing import Any
 
 import discord
-import trio
+from discord import utils
+from discord.voice import client as voice_client_module
+from discord.voice import state as voice_state_module
 
 from ..audio import SILENT_FRAME
 from ..core.playback import PlayerBuffer
 
 log = logging.getLogger("voxbridge.discord")
 
+_installed = False
 
-class VoxSink(discord.sinks.Sink):
-    __sink_listeners__ = [
-        ("on_member_speaking_start", "on_member_speaking_start"),
-        ("on_member_speaking_stop", "on_member_speaking_stop"),
-    ]
 
-    def __init__(self, on_frame: Callable[[Any, bytes], None], on_speaking: Callable[[Any, bool], None],
-                 token: trio.lowlevel.TrioToken, *, bot_user_id: int | None = None, vc=None):
-        super().__init__()
-        self.vc = vc  # py-cord never calls init(); set it before start_recording
-        self._on_frame = on_frame
-        self._on_speaking = on_speaking
-        self._token = token
-        self.bot_user_id = bot_user_id
-        self.frames = 0
-        self.ignored = 0
+def install_pycord_fixes() -> None:
+    """Patch py-cord 2.8.1's voice classes (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    voice_state_module.SocketReader._do_run = _prompt_do_run
+    voice_client_module.VoiceClient._remove_ssrc = _remove_ssrc
+    _installed = True
 
-    def walk_children(self):
-        return iter(())
 
-    def is_opus(self) -> bool:
-        return False  # py-cord decodes to PCM for us
+def _schedule_listener(state, callback, data: bytes) -> None:
+    """On the asyncio loop: run a py-cord socket listener as py-cord meant to."""
+    task = state.loop.create_task(utils.maybe_coroutine(callback, data))
+    state._dispatch_task_set.add(task)
+    task.add_done_callback(state._dispatch_task_set.discard)
 
-    def _hand_off(self, fn, *args) -> None:
+
+def _prompt_do_run(self) -> None:
+    """`SocketReader._do_run` with a prompt, thread-safe dispatch (see the module docstring)."""
+    while not self._end.is_set():
+        if not self._running.is_set():
+            self._running.wait()
+            continue
         try:
-            self._token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            pass
+            readable, _, _ = select.select([self.state.socket], [], [], 30)
+        except (ValueError, TypeError, OSError):
+            continue  # the socket is being replaced (reconnect); py-cord logs nothing here either
+        if not readable:
+            continue
+        try:
+            data = self.state.socket.recv(self.buffer_size)
+        except OSError:
+            continue
+        for callback in list(self._callbacks):
+            try:
+                if getattr(callback, "__vox_threadsafe__", False):
+                    callback(data)
+                else:
+                    self.state.loop.call_soon_threadsafe(_schedule_listener, self.state, callback, data)
+            except Exception:
+                log.exception("event=voice_socket_listener_failed")
 
-    def write(self, data, user=None) -> None:
-        """Packet-router thread: one user's 20 ms of PCM. Never blocks."""
-        pcm = getattr(data, "pcm", data)
-        member = user if user is not None else getattr(data, "source", None)
-        if not pcm or member is None or getattr(member, "id", None) in (None, self.bot_user_id):
-            self.ignored += 1  # unmapped SSRC (first packets), the bot itself, or no audio
-            return
-        self.frames += 1
-        self._hand_off(self._on_frame, member, bytes(pcm))
 
-    def on_member_speaking_start(self, member) -> None:
-        if getattr(member, "id", None) != self.bot_user_id:
-            self._hand_off(self._on_speaking, member, True)
-
-    def on_member_speaking_stop(self, member) -> None:
-        if getattr(member, "id", None) != self.bot_user_id:
-            self._hand_off(self._on_speaking, member, False)
-
-    def cleanup(self) -> None:
-        self.finished = True
-
-    def format_audio(self, audio) -> None:  # nothing is saved to files
-        return None
+def _remove_ssrc(self, *, user_id: int) -> None:
+    """`VoiceClient._remove_ssrc` that works without py-cord's own reader."""
+    ssrc = self._id_to_ssrc.pop(user_id, None)
+    if ssrc:
+        if self._reader:
+            self._reader.speaking_timer.drop_ssrc(ssrc)
+        self._ssrc_to_id.pop(ssrc, None)
 
 
 class VoxAudioSource(discord.AudioSource):
