@@ -540,10 +540,12 @@ async def open_wire_session(loop, settings, *, stt, tts, agents: bool = True, se
                 ws.vc = guild.voice_client
                 yield ws
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(15):
-                    with contextlib.suppress(Exception):
+                with trio.CancelScope(shield=True):
+                    t0 = time.perf_counter()
+                    with trio.move_on_after(15), contextlib.suppress(Exception):
                         await bridge.aio(app.leave_voice(guild))
-                    with contextlib.suppress(Exception):
+                    server.leave_s = time.perf_counter() - t0
+                    with trio.move_on_after(5), contextlib.suppress(Exception):
                         await bridge.aio(server.aclose())
         nursery.cancel_scope.cancel()
 

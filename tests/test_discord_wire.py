@@ -223,7 +223,9 @@ def test_bad_opus_packet_then_still_heard(settings, stt, piper, speech):
 
 
 def test_packet_loss_and_reordering_transcript_still_right(settings, stt, piper, speech):
-    text = "Tell me a story about a dragon and a knight."
+    # Not "... a dragon and a knight": with 5% loss even libopus's own concealment fed straight
+    # to whisper hears "in the night" for some of Piper's (randomized) renditions.
+    text = "Please tell me a story about a dragon who lives in a cave."
     pcm = speech.discord(text, lead_silence_s=0.0, tail_silence_s=0.8)
 
     async def body(w):
