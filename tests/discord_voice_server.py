@@ -23,6 +23,7 @@ loop (`voxbridge.discord.adapter.run_guest`): the parse functions are called on 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -45,6 +46,7 @@ import trustme
 from discord import opus
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
+from .dave_gateway import DaveGatewayRole, DaveMember, DaveRouter, Outbound
 from .discord_objects import BOT_ID, GUILD_ID, VOICE_ID, member_payload
 
 MODE = "aead_xchacha20_poly1305_rtpsize"
@@ -138,6 +140,44 @@ def _audio_level(frame: bytes) -> int:
     return (0x80 if level < 60 else 0) | level
 
 
+class DaveHub(DaveRouter):
+    """DAVE (protocol v1) for the call: `tests/dave_gateway.py`'s gateway role (the MLS external
+    sender) and one `DaveMember` (py-cord's own DAVE handlers over davey) per fake member; the
+    messages for the bot are queued here and sent over its real voice websocket by the server."""
+
+    def __init__(self, channel_id: int):
+        super().__init__(DaveGatewayRole(channel_id))
+        self.to_bot: list[Outbound] = []
+
+    def deliver(self, outbound: list[Outbound]) -> None:
+        for msg in outbound:
+            if BOT_ID in msg.to:
+                self.to_bot.append(msg)
+            others = tuple(u for u in msg.to if u != BOT_ID)
+            if others:
+                super().deliver([dataclasses.replace(msg, to=others)])
+
+    def from_bot(self, msg: bytes | dict) -> None:
+        self.deliver(self._from_client(BOT_ID, msg))
+        self.pump()
+
+    def encrypt(self, uid: int, frame: bytes) -> bytes:
+        """A member's Opus frame, E2EE once its session is ready (silence frames stay clear)."""
+        member = self.members.get(uid)
+        if member is None or not member.ready or frame == OPUS_SILENCE:
+            return frame
+        return member.encrypt_opus(frame)
+
+    def decrypt_bot(self, _uid: int, frame: bytes) -> bytes:
+        """The bot's frame as a member hears it; frames without DAVE's 0xFAFA marker pass through."""
+        if frame[-2:] != b"\xfa\xfa":
+            return frame
+        reader = next((m for m in self.members.values() if m.ready), None)
+        if reader is None:
+            raise ValueError("a DAVE frame from the bot before any member's session is ready")
+        return reader.decrypt(BOT_ID, frame)
+
+
 class MainGatewayStandIn:
     """Discord's main gateway websocket, as far as py-cord's voice path uses it: `voice_state`."""
 
@@ -163,13 +203,17 @@ class DiscordVoiceServer:
 
     def __init__(self, bot: discord.Bot, guild: discord.Guild | None = None, *,
                  dave_encrypt: DaveHook | None = None, dave_decrypt: DaveHook | None = None,
-                 silence_frames: int = 5, rtp_padding: int = 0, heartbeat_interval_ms: int = 41250):
+                 silence_frames: int = 5, rtp_padding: int = 0, heartbeat_interval_ms: int = 41250,
+                 dave: bool = False):
         self.bot = bot
         self.guild = guild or bot.get_guild(GUILD_ID)
         self.state = bot._connection
-        self.dave_encrypt = dave_encrypt
-        self.dave_decrypt = dave_decrypt
-        self.dave_protocol_version = 0
+        # dave=True: real DAVE v1 (MLS through davey) between the bot and the fake members;
+        # else the optional stand-in hooks (`DaveHook`) are applied to the frames.
+        self.dave = DaveHub(VOICE_ID) if dave else None
+        self.dave_encrypt = self.dave.encrypt if dave else dave_encrypt
+        self.dave_decrypt = self.dave.decrypt_bot if dave else dave_decrypt
+        self.dave_protocol_version = 1 if dave else 0
         self.silence_frames = silence_frames
         self.rtp_padding = rtp_padding  # bytes of RTP padding (P bit) on each member packet; 0: none
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -184,6 +228,7 @@ class DiscordVoiceServer:
         self._next_ssrc = 0x1000
         self._ws = None
         self._ws_lock = trio.Lock()
+        self._dave_lock = trio.Lock()
         self._ws_seq = 0
         self._connected = trio.Event()
         self._decoders: dict[int, opus.Decoder] = {}
@@ -282,12 +327,35 @@ class DiscordVoiceServer:
         self.state.parse_voice_state_update(self._voice_state_payload(uid, name, bot, channel_id, f"member-{uid}"))
         if self._ws is not None and channel_id == self.bot_channel_id:
             self.nursery.start_soon(self._send, Op.CLIENTS_CONNECT, {"user_ids": [str(uid)]})
+        if self.dave is not None and channel_id == self.dave.role.channel_id:
+            self.dave.join(DaveMember(uid, channel_id))  # op 4 + op 25 to it, its key package in
+            self.nursery.start_soon(self._flush_dave)
         return self.guild.get_member(uid)
+
+    def dave_ready(self) -> bool:
+        """DAVE on both ends: the bot's davey session and every fake member's are ready."""
+        bot = self.bot.get_guild(self.guild.id).voice_client
+        session = getattr(getattr(bot, "_connection", None), "dave_session", None)
+        return bool(self.dave and session is not None and session.ready
+                    and all(m.ready for m in self.dave.members.values()))
+
+    async def _flush_dave(self) -> None:
+        """Send what the DAVE role has for the bot, in order, over its voice websocket."""
+        async with self._dave_lock:
+            while self.dave.to_bot:
+                msg = self.dave.to_bot.pop(0)
+                if msg.payload is None:
+                    await self._send(msg.op, msg.d)
+                else:
+                    await self._send_binary(msg)
 
     async def member_leave(self, uid: int) -> None:
         """op 13 on the voice websocket, then VOICE_STATE_UPDATE with no channel."""
         m = self.members.pop(uid)
         await self._send(Op.CLIENT_DISCONNECT, {"user_id": str(uid)})
+        if self.dave is not None and uid in self.dave.members:
+            self.dave.leave(uid)
+            await self._flush_dave()
         self.state.parse_voice_state_update(self._voice_state_payload(uid, m.name, m.bot, None, f"member-{uid}"))
         await trio.lowlevel.checkpoint()
 
@@ -383,8 +451,14 @@ class DiscordVoiceServer:
         except nacl.exceptions.CryptoError:
             self.counters["bot_decrypt_failures"] += 1
             return
+        if payload[-2:] == b"\xfa\xfa":
+            self.counters["bot_e2ee_frames"] += 1  # DAVE's magic marker ends every E2EE frame
         if self.dave_decrypt is not None:
-            payload = self.dave_decrypt(BOT_ID, payload)
+            try:
+                payload = self.dave_decrypt(BOT_ID, payload)
+            except Exception:
+                self.counters["bot_dave_errors"] += 1
+                return
         decoder = self._decoders.get(ssrc) or self._decoders.setdefault(ssrc, opus.Decoder())
         try:
             pcm = decoder.decode(payload, fec=False)
@@ -419,6 +493,15 @@ class DiscordVoiceServer:
                 "audio_codec": "opus", "video_codec": None, "media_session_id": os.urandom(8).hex()}
 
     async def _send(self, op: int, data: Any) -> None:
+        """A JSON op to the bot, with the connection's next seq."""
+        await self._send_raw(lambda seq: json.dumps({"op": op, "d": data, "seq": seq}))
+
+    async def _send_binary(self, msg: Outbound) -> None:
+        """A binary (DAVE) op to the bot: uint16 seq | op | payload."""
+        await self._send_raw(lambda seq: msg.frame(seq & 0xFFFF))
+        self.counters["dave_binary_sent"] += 1
+
+    async def _send_raw(self, message: Callable[[int], str | bytes]) -> None:
         ws = self._ws
         if ws is None:
             self.counters["ws_sends_without_connection"] += 1
@@ -426,7 +509,7 @@ class DiscordVoiceServer:
         async with self._ws_lock:
             self._ws_seq += 1
             with contextlib.suppress(ConnectionClosed):
-                await ws.send_message(json.dumps({"op": op, "d": data, "seq": self._ws_seq}))
+                await ws.send_message(message(self._ws_seq))
 
     async def wait_connected(self) -> None:
         """Until the bot has completed the handshake (Select Protocol answered); bounded at 30 s."""
@@ -443,7 +526,10 @@ class DiscordVoiceServer:
             while True:
                 message = await ws.get_message()
                 if isinstance(message, bytes):
-                    self.counters["ws_binary"] += 1  # DAVE (MLS) messages: not spoken here yet
+                    self.counters["ws_binary"] += 1  # DAVE (MLS): key package, commit/welcome
+                    if self.dave is not None:
+                        self.dave.from_bot(message)
+                        await self._flush_dave()
                     continue
                 msg = json.loads(message)
                 await self._on_message(msg["op"], msg.get("d"))
@@ -473,12 +559,18 @@ class DiscordVoiceServer:
             if data.get("mode") != MODE:
                 self.counters["bad_mode"] += 1
             await self._send(Op.SESSION_DESCRIPTION, self._session_description())
+            if self.dave is not None:  # op 25 right after op 4 (py-cord's session exists by then)
+                self.dave.deliver(self.dave.role.connect(BOT_ID))
+                await self._flush_dave()
             others = [str(m.uid) for m in self.members.values() if m.channel_id == self.bot_channel_id]
             if others:
                 await self._send(Op.CLIENTS_CONNECT, {"user_ids": others})
             self._connected.set()
         elif op == Op.SPEAKING:
             self.bot_speaking.append(int(d.get("speaking", 0)))
+        elif op in (23, 31) and self.dave is not None:  # DAVE ready for transition / invalid commit
+            self.dave.from_bot({"op": op, "d": d})
+            await self._flush_dave()
         elif op == Op.RESUME:
             self.counters["resumes"] += 1
             await self._send(Op.RESUMED, None)

@@ -55,9 +55,12 @@ def _receive_stats(w):
     return {"sink_frames": getattr(getattr(reader, "sink", None), "frames", None)}
 
 
-async def wait_bot_done(w, quiet_s=0.8):
-    """Until nothing is left to play and the bot's RTP has been quiet for `quiet_s`."""
+async def wait_bot_done(w, played=0, quiet_s=0.8):
+    """Until `played` answers were played (a turn is "answered" before its speech is), nothing is
+    left to play and the bot's RTP has been quiet for `quiet_s`."""
     with trio.fail_after(WAIT_S):
+        while w.services.counters["event.turn_played"] < played:
+            await trio.sleep(0.1)
         while True:
             frames = w.server.bot_frames
             busy = w.session is not None and w.session.playback.busy
@@ -120,10 +123,7 @@ def test_three_members_overlapping_heard_and_answered_on_the_wire(settings, stt,
             for i, uid in enumerate(LINES):
                 n.start_soon(_speak_after, w, uid, pcm[uid], 0.4 * i, {"padding": 4 if uid == 12 else 0})
         turns = {uid: await wait_turns(w, uid) for uid in LINES}
-        with trio.fail_after(WAIT_S):
-            while w.services.counters["turns_answered"] < sum(len(t) for t in turns.values()):
-                await trio.sleep(0.1)
-        await wait_bot_done(w)
+        await wait_bot_done(w, played=sum(len(t) for t in turns.values()))
         turns = {uid: await turns_of(w, uid) for uid in LINES}
         heard = await transcribe_pcm(stt, w.server.bot_audio())
         return turns, heard, w.demo.calls, set(w.session.speakers)
@@ -186,7 +186,7 @@ def test_new_session_description_key_mid_call_still_heard(settings, stt, piper, 
         await rekey(w)
         await w.server.speak(11, after)
         turns = await wait_turns(w, 11, 2)
-        await wait_bot_done(w)
+        await wait_bot_done(w, played=2)
         return turns, w.server.counters.copy()
 
     turns, counters = run_wire(settings, stt, piper, body)
@@ -278,3 +278,27 @@ def test_other_bot_in_channel_is_not_heard(settings, stt, piper, speech):
     assert robot_packets > 50  # it did speak on the wire
     assert_heard(LINES[11][1], alice)
     assert robot_turns == [] and "21" not in speakers
+
+
+def test_dave_e2ee_both_ways_heard_and_answered(settings, stt, piper, speech):
+    """DAVE v1 for real: the server is the MLS external sender (tests/dave_gateway.py), the member
+    runs py-cord's own DAVE handlers over davey; its Opus is E2EE inside the transport encryption,
+    and the bot's answer is E2EE too (decrypted with the member's session before decoding)."""
+    pcm = speech.discord(LINES[11][1], lead_silence_s=0.0, tail_silence_s=0.8)
+
+    async def body(w):
+        w.server.add_member(11, "alice")
+        with trio.fail_after(WAIT_S):
+            while not w.server.dave_ready():
+                await trio.sleep(0.05)
+        await w.server.speak(11, pcm)
+        turns = await wait_turns(w, 11)
+        await wait_bot_done(w, played=1)
+        heard = await transcribe_pcm(stt, w.server.bot_audio())
+        return turns, heard, w.server.counters.copy(), w.vc.is_dave_connection()
+
+    turns, heard, counters, dave = run_wire(settings, stt, piper, body, server_options={"dave": True})
+    assert dave and counters["dave_binary_sent"] > 0 and counters["bot_e2ee_frames"] > 0, (counters, turns)
+    assert counters["bot_dave_errors"] == 0
+    assert_heard(LINES[11][1], turns)
+    find_in_order([turns[0]["response"]], heard)
