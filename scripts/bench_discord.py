@@ -38,6 +38,9 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import loadavg, pct  # noqa: E402
 
 from tests.discord_voice_server import open_wire_session  # noqa: E402
 from tests.helpers import FastFakeStt  # noqa: E402
@@ -122,10 +125,6 @@ def burn_native(stop: threading.Event) -> None:
         hashlib.sha256(block).digest()
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else math.nan
-
-
 def run_variant(name: str, settings, *, members: int, spurts: int, concurrent: bool, burners: int,
                 spurt_s: float, pause_s: float, native: bool = False) -> dict:
     uids = [101 + i for i in range(members)]
@@ -176,11 +175,11 @@ def run_variant(name: str, settings, *, members: int, spurts: int, concurrent: b
     return {"variant": name, "members": members, "concurrent": concurrent, "burner_threads": burners, "native_burn": native,
             "spurts": sum(len(starts.get(u, [])) for u in uids), "frames_sent": total_sent,
             "frames_delivered": delivered, "delivered_ratio": delivered / total_sent if total_sent else math.nan,
-            "first_frame_p50_ms": percentile(delays, 50), "first_frame_p99_ms": percentile(delays, 99),
+            "first_frame_p50_ms": pct(delays, 50), "first_frame_p99_ms": pct(delays, 99),
             "first_frame_max_ms": max(delays) if delays else math.nan, "spurts_without_frame": missing,
-            "first_spurt_p50_ms": percentile([v[0] for v in by_spurt.values() if v and v[0] is not None], 50),
-            "later_spurts_p99_ms": percentile([x for v in by_spurt.values() for x in v[1:] if x is not None], 99),
-            "to_socket_thread_p50_ms": percentile(to_socket, 50), "to_socket_thread_p99_ms": percentile(to_socket, 99),
+            "first_spurt_p50_ms": pct([v[0] for v in by_spurt.values() if v and v[0] is not None], 50),
+            "later_spurts_p99_ms": pct([x for v in by_spurt.values() for x in v[1:] if x is not None], 99),
+            "to_socket_thread_p50_ms": pct(to_socket, 50), "to_socket_thread_p99_ms": pct(to_socket, 99),
             "connect_s": connect_s, "first_frame_ms_by_member_spurt": by_spurt}
 
 
@@ -196,6 +195,7 @@ def main():
 
     base = load_settings(env={})
     rows = []
+    load_before = loadavg()
     with tempfile.TemporaryDirectory() as tmp:
         settings = attrs.evolve(base, general=attrs.evolve(base.general, state_dir=tmp))
         for name, concurrent, burners, native in (
@@ -221,7 +221,10 @@ def main():
     print("sock99 = p99 of first packet sent -> it reaches VoiceReceiver.on_packet on py-cord's socket thread (nan: no such stage)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "python": platform.python_version(), "rows": rows}, indent=2))
+    load = f"before: {load_before}; after: {loadavg()}"
+    print(load)
+    out.write_text(json.dumps({"args": vars(args), "python": platform.python_version(), "load": load, "rows": rows},
+                              indent=2))
     print(f"\nJSON: {out}")
 
 

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Routing overhead: transcript ready -> first byte of the agent request on the wire.
 
-VoxBridge's path per turn: store the turn, route, record the decision, load the last 5 turns
-of history, mark it routed, build the payload, POST. Measured for the SQLite and PostgreSQL
-stores, each against a bare `httpx` POST of the same payload to the same server in the same
-run (the floor). The server is a plain socket server in its own thread that timestamps the
-first byte of each request (perf_counter, same process clock). Prints a table, writes JSON;
-asserts nothing about time.
+VoxBridge's path per turn, as a voice turn takes it: store the turn (and read the last 5
+answered turns of history, same transaction), admission (the channel's mode, rate limit, echo
+guard), route, build the payload, POST; the routing decision is written while the request goes
+out. Measured with the SQLite store, and PostgreSQL too when the `postgres` extra is installed
+and the server answers, each against a bare `httpx` POST of the same payload to the same server
+in the same run (the floor). The server is a plain socket server in its own thread that
+timestamps the first byte of each request (perf_counter, same process clock). Also counted:
+worker-thread hops taken before the request left. Prints a table, writes JSON; asserts nothing
+about time.
+
+  .venv/bin/python scripts/bench_routing.py            # 3 rounds x 200 turns per variant
+  .venv/bin/python scripts/bench_routing.py --quick    # 1 round x 50 turns
 """
 
 from __future__ import annotations
@@ -28,10 +34,15 @@ import numpy as np
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import loadavg  # noqa: E402
 
 from voxbridge.agents.client import make_http_client  # noqa: E402
 from voxbridge.agents.config import parse_agents  # noqa: E402
 from voxbridge.config import load_settings  # noqa: E402
+from voxbridge.core.channel import ChannelSession  # noqa: E402
+from voxbridge.core.playback import CollectSink  # noqa: E402
 from voxbridge.core.services import open_services  # noqa: E402
 from voxbridge.core.speaker import SpeakerInfo  # noqa: E402
 from voxbridge.core.turn import answer_transcript  # noqa: E402
@@ -82,24 +93,53 @@ def pct(v, q):
     return float(np.percentile(v, q))
 
 
+class HopCounter:
+    """Counts trio.to_thread.run_sync calls (thread hops) made by one task (the turn's own: the
+    request waits for those; writes started alongside it in child tasks are not counted)."""
+
+    def __init__(self):
+        self.calls: list[tuple[float, object]] = []
+        self._orig = trio.to_thread.run_sync
+
+    def __enter__(self):
+        orig = self._orig
+
+        async def counted(*args, **kwargs):
+            self.calls.append((time.perf_counter(), trio.lowlevel.current_task()))
+            return await orig(*args, **kwargs)
+
+        trio.to_thread.run_sync = counted
+        return self
+
+    def __exit__(self, *exc):
+        trio.to_thread.run_sync = self._orig
+
+    def between(self, t0: float, t1: float, task) -> int:
+        return sum(1 for t, who in self.calls if t0 <= t < t1 and who is task)
+
+
 async def measure_voxbridge(settings, store_url, server, n, warm):
     cfg = parse_agents(f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:{server.port}/webhook/general"\n'
                        f'retries = 0\n[routing]\nhistory_turns = 5\n', "bench.toml", env={})
     spk = SpeakerInfo("bench-user", "bench", "bench-guild", "bench-channel")
-    latencies = []
+    latencies, hops = [], []
     async with open_services(settings, agents=cfg, stt=False, tts=False, store_url=store_url,
                              observer=lambda k, f: None) as services:
-        for i in range(warm + n):
-            tr = Transcript(text=f"What is the status of order number {i}?", language="en", confidence=0.9, duration_s=2.0)
-            before = len(server.arrivals)
-            t0 = time.perf_counter()
-            out = await answer_transcript(services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None)
-            assert out.status == "answered", out
-            if i >= warm:
-                latencies.append((server.arrivals[before] - t0) * 1000)
+        room = ChannelSession(services, spk.guild_id, spk.channel_id, CollectSink())  # admission as in a voice channel
+        with HopCounter() as counter:
+            for i in range(warm + n):
+                tr = Transcript(text=f"What is the status of order number {i}?", language="en", confidence=0.9, duration_s=2.0)
+                before = len(server.arrivals)
+                t0 = time.perf_counter()
+                out = await answer_transcript(services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None,
+                                              room=room)
+                assert out.status == "answered", out
+                if i >= warm:
+                    latencies.append((server.arrivals[before] - t0) * 1000)
+                    hops.append(counter.between(t0, server.arrivals[before], trio.lowlevel.current_task()))
         last = await services.store.get_turn(out.turn_id)
         history = len(await services.store.recent_turns(last["conversation_id"], 5))  # what each payload carried
-    return latencies, history
+    return latencies, history, hops
 
 
 async def measure_bare(server, n, warm, payload):
@@ -137,17 +177,27 @@ async def main_async(args):
         backends = [("sqlite", f"sqlite:///{tmp}/bench.db")]
         pg_db = None
         if not args.no_postgres:
-            import psycopg
+            try:
+                import psycopg
 
-            pg_db = f"voxbridge_bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(pg_admin, autocommit=True) as conn:
-                conn.execute(f'create database "{pg_db}"')
-            backends.append(("postgres", pg_admin.rpartition("/")[0] + f"/{pg_db}"))
+                pg_db = f"voxbridge_bench_{uuid.uuid4().hex[:8]}"
+                with psycopg.connect(pg_admin, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute(f'create database "{pg_db}"')
+                backends.append(("postgres", pg_admin.rpartition("/")[0] + f"/{pg_db}"))
+            except ImportError:
+                pg_db = None
+                print("PostgreSQL skipped: the `postgres` extra (psycopg) is not installed", file=sys.stderr)
+            except Exception as exc:
+                pg_db = None
+                print(f"PostgreSQL skipped: cannot reach {pg_admin.split('@')[-1]} ({type(exc).__name__})", file=sys.stderr)
+        print(loadavg(), file=sys.stderr)
+        hops_by = {}
         try:
             for rnd in range(args.rounds):  # interleave, so machine noise hits every variant alike
                 for name, url in backends:
-                    lat, history = await measure_voxbridge(settings, url, server, args.turns, args.warmup if rnd == 0 else 0)
+                    lat, history, hops = await measure_voxbridge(settings, url, server, args.turns, args.warmup if rnd == 0 else 0)
                     results.append(("voxbridge/" + name, lat, history))
+                    hops_by.setdefault("voxbridge/" + name, []).extend(hops)
                     bare = await measure_bare(server, args.turns, args.warmup if rnd == 0 else 0, example_payload())
                     results.append(("bare httpx (paired with " + name + ")", bare, 5))
         finally:
@@ -157,21 +207,28 @@ async def main_async(args):
                 with psycopg.connect(pg_admin, autocommit=True) as conn:
                     conn.execute(f'drop database if exists "{pg_db}" with (force)')
     merged: dict[str, list[float]] = {}
-    for name, lat, _ in results:
+    history_by = {}
+    for name, lat, history in results:
         merged.setdefault(name, []).extend(lat)
+        history_by[name] = history
     bare_all = [x for k, v in merged.items() if k.startswith("bare") for x in v]
     b50, b99 = pct(bare_all, 50), pct(bare_all, 99)
     rows = []
     for name, lat in merged.items():
+        hops = hops_by.get(name)
         rows.append({"variant": name, "n": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-                     "mean_ms": statistics.mean(lat), "p50_ratio_to_bare": pct(lat, 50) / b50, "p99_ratio_to_bare": pct(lat, 99) / b99})
-    header = f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'p99 x bare':>10}"
+                     "mean_ms": statistics.mean(lat), "p50_ratio_to_bare": pct(lat, 50) / b50, "p99_ratio_to_bare": pct(lat, 99) / b99,
+                     "history_turns": history_by[name], "thread_hops_before_request": max(hops) if hops else 0})
+    header = f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'p99 x bare':>10} {'history':>7} {'hops':>4}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<36} {r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ratio_to_bare']:>10.2f} {r['p99_ratio_to_bare']:>10.2f}")
-    print("\ntranscript ready -> first byte of the request at the agent server; 5 history turns in every payload;")
-    print("bare httpx = the same payload POSTed directly (ratios against all bare runs pooled)")
+        print(f"{r['variant']:<36} {r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ratio_to_bare']:>10.2f} "
+              f"{r['p99_ratio_to_bare']:>10.2f} {r['history_turns']:>7} {r['thread_hops_before_request']:>4}")
+    print("\ntranscript ready -> first byte of the request at the agent server, admission included (a channel's mode,")
+    print("rate limit, echo guard); history = previous turns in every payload; hops = most worker-thread hops taken")
+    print("before the request left; bare httpx = the same payload POSTed directly (ratios against all bare runs pooled)")
+    print(loadavg())
     out = Path(args.out)
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
     await trio.to_thread.run_sync(out.write_text, json.dumps({"turns_per_round": args.turns, "rounds": args.rounds, "rows": rows,
@@ -185,8 +242,12 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 50 turns")
     p.add_argument("--out", default="bench-out/bench_routing.json")
-    trio.run(main_async, p.parse_args())
+    args = p.parse_args()
+    if args.quick:
+        args.rounds, args.turns, args.warmup = 1, 50, 10
+    trio.run(main_async, args)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,23 @@ Scenarios (each a full ChannelSession pipeline with real VAD, SQLite store, loop
   faults      agents that refuse, 500, hang before the first byte, close mid-stream, send garbage,
               send 50 MB: every turn stored failed with its reason, the rest answered
   pg-kill     PostgreSQL store while every connection is killed in waves (needs the server)
-  soak        load-fake rounds for --minutes; RSS sampled each round (flat = no leak)
+  soak        ONE daemon (services, store, channels) kept running for --minutes while --speakers
+              simulated speakers talk in real time (Piper questions, pauses between them), with
+              the fast fake STT (labelled: engine cost out of the way, the rest real); every minute
+              it prints the event-loop lag p99 and the RSS, at the end the RSS slope (MB/min)
 Prints a table and writes JSON (bench-out/soak.json). Nothing about time is asserted.
 
-  .venv/bin/python scripts/soak.py                       # all but soak
-  .venv/bin/python scripts/soak.py --soak --minutes 10   # plus the 10-minute soak
+  .venv/bin/python scripts/soak.py                                      # all but soak
+  .venv/bin/python scripts/soak.py --soak --speakers 100 --minutes 10   # plus the 10-minute soak
+  .venv/bin/python scripts/soak.py --scenarios --soak --speakers 20 --minutes 1   # soak smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import sys
 import tempfile
@@ -168,24 +174,7 @@ async def main_async(args):
             if "pg-kill" in args.scenarios:
                 results.append(await pg_kill(base, url, clips))
             if args.soak:
-                samples = []
-                end = time.monotonic() + args.minutes * 60
-                rounds, expected, stored, final = 0, 0, 0, 0
-                lag_all: list[float] = []
-                while time.monotonic() < end:
-                    rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, "ok"), clips, 5, 4, 2, db(f"soak{rounds % 2}"))
-                    rounds += 1
-                    expected += 40
-                    stored += len(rows)
-                    final += sum(r["status"] in FINAL for r in rows)
-                    lag_all += lag
-                    samples.append(round(rss_mb(), 1))
-                    await trio.to_thread.run_sync(Path(tmp, f"soak{rounds % 2}.db").unlink, True)  # missing_ok
-                results.append({"scenario": f"soak {args.minutes} min (5x4 per round)", "runs": rounds, "turns_expected": expected,
-                                "turns_stored": stored, "final": final, "crashes": 0,
-                                "loop_lag_p99_ms": round(float(np.percentile(lag_all, 99)) * 1000, 1),
-                                "rss_mb": samples[-1], "rss_first_last": [samples[0], samples[-1]],
-                                "rss_samples": samples, "note": f"RSS first {samples[0]} MB, last {samples[-1]} MB"})
+                results.append(await soak_daemon(base, agents_config(url, "ok"), clips, args.speakers, args.minutes, db("soak")))
         root.cancel_scope.cancel()
     header = f"{'scenario':<28} {'runs':>4} {'expected':>8} {'stored':>6} {'final':>5} {'crashes':>7} {'lag p99 ms':>10} {'RSS MB':>6}  note"
     print(header)
@@ -197,6 +186,97 @@ async def main_async(args):
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
     await trio.to_thread.run_sync(out.write_text, json.dumps(results, indent=2))
     print(f"\nJSON: {out}")
+
+
+async def soak_daemon(base, agents, clips, speakers: int, minutes: float, store_url: str) -> dict:
+    """One long-running daemon: `speakers` speakers (5 per channel) talking in real time for
+    `minutes`; loop lag p99 and RSS printed every minute; RSS slope at the end."""
+    from voxbridge.audio import FRAME_MS
+
+    stt = FastFakeStt()
+    lag: list[float] = []
+    minute_rows = []
+    uttered = [0]
+    rng = np.random.default_rng(42)
+    frames = [split_frames(c) for c in clips]
+
+    async def probe():
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(0.01)
+            lag.append(trio.current_time() - t0 - 0.01)
+
+    async def speaker(handle, j, stop_at):
+        await trio.sleep(float(rng.uniform(0, 3)))
+        k = j
+        while trio.current_time() < stop_at:
+            t0 = trio.current_time()
+            for i, frame in enumerate(frames[k % len(frames)]):  # real time, as Discord delivers it
+                await trio.sleep_until(t0 + i * FRAME_MS / 1000)
+                handle.push(frame)
+            uttered[0] += 1
+            k += 1
+            await trio.sleep(float(rng.uniform(1.5, 4.0)))  # silence: Discord sends nothing
+        await handle.finish()
+
+    print(f"soak: one daemon, {speakers} speakers in real time, fake STT, {minutes} min", file=sys.stderr)
+    async with open_services(base, agents=agents, stt=stt, tts=False, store_url=store_url, observer=lambda k, f: None) as services:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe)
+            channels = [await nursery.start(ChannelSession(services, f"g{c}", f"c{c}", CollectSink()).run)
+                        for c in range(math.ceil(speakers / 5))]
+            start = trio.current_time()
+            stop_at = start + minutes * 60
+            handles = []
+            async with trio.open_nursery() as talkers:
+                for j in range(speakers):
+                    h = channels[j // 5].add_speaker(f"u{j}", f"u{j}")
+                    handles.append(h)
+                    talkers.start_soon(speaker, h, j, stop_at)
+
+                async def report():
+                    minute = 0
+                    while True:
+                        await trio.sleep_until(start + (minute + 1) * 60)
+                        minute += 1
+                        window, lag[:] = list(lag), []
+                        row = {"minute": minute, "loop_lag_p99_ms": round(float(np.percentile(window, 99)) * 1000, 1) if window else None,
+                               "rss_mb": round(rss_mb(), 1), "utterances": uttered[0],
+                               "answered": services.counters.get("turns_answered", 0), "load": os.getloadavg()[0]}
+                        minute_rows.append(row)
+                        print(f"  minute {minute}: loop lag p99 {row['loop_lag_p99_ms']} ms, RSS {row['rss_mb']} MB, "
+                              f"{row['utterances']} utterances, {row['answered']} answered, load {row['load']:.1f}", file=sys.stderr)
+
+                talkers.start_soon(report)
+                await trio.sleep_until(stop_at)
+                for h in handles:
+                    await h.finished.wait()
+                talkers.cancel_scope.cancel()
+            for ch in channels:
+                ch.close()
+            nursery.cancel_scope.cancel()
+        rows = await services.store.list_turns(limit=10_000_000)
+    rss = [r["rss_mb"] for r in minute_rows]
+    xs = [r["minute"] for r in minute_rows]
+    if len(rss) >= 3:  # minute 1 is warm-up (allocator, caches): the slope is fitted from minute 2 on
+        slope = float(np.polyfit(xs[1:], rss[1:], 1)[0])
+    elif len(rss) == 2:
+        slope = rss[1] - rss[0]
+    else:
+        slope = float("nan")
+    lags = [r["loop_lag_p99_ms"] for r in minute_rows if r["loop_lag_p99_ms"] is not None]
+    final = sum(r["status"] in FINAL for r in rows)
+    statuses: dict[str, int] = {}
+    for r in rows:
+        key = r["status"] + (f" ({(r['error'] or '').split(':')[0]})" if r["status"] == "failed" else "")
+        statuses[key] = statuses.get(key, 0) + 1
+    return {"scenario": f"soak {minutes:g} min, {speakers} spk (fake STT)", "runs": 1, "turns_expected": uttered[0],
+            "turns_stored": len(rows), "final": final, "crashes": 0,
+            "loop_lag_p99_ms": max(lags) if lags else None, "rss_mb": rss[-1] if rss else round(rss_mb(), 1),
+            "rss_slope_mb_per_min": round(slope, 2), "minutes": minute_rows, "statuses": statuses,
+            "frames_dropped": services.counters.get("frames_dropped", 0),
+            "note": f"RSS {rss[0] if rss else '-'} -> {rss[-1] if rss else '-'} MB, slope {slope:.2f} MB/min (from minute 2); "
+                    f"lag p99 = worst minute; {statuses}; frames dropped {services.counters.get('frames_dropped', 0)}"}
 
 
 async def pg_kill(base, url, clips):
@@ -233,9 +313,10 @@ async def pg_kill(base, url, clips):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", nargs="+", default=["load-fake", "load-real", "faults", "pg-kill"])
+    p.add_argument("--scenarios", nargs="*", default=["load-fake", "load-real", "faults", "pg-kill"])
     p.add_argument("--soak", action="store_true", help="also run the long soak")
     p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--speakers", type=int, default=100, help="soak: simulated speakers (5 per channel)")
     p.add_argument("--out", default="bench-out/soak.json")
     trio.run(main_async, p.parse_args())
 

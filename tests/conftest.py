@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import attrs
@@ -34,6 +37,20 @@ def service_missing(what: str, exc: Exception):
     if require_services():
         pytest.fail(message + " (VOXBRIDGE_REQUIRE_SERVICES is set)")
     pytest.skip(message)
+
+
+def need_binary(name: str, package: str) -> str:
+    """The path of a program a test runs (redis-server, systemd-analyze); `scripts/setup.sh --dev`
+    installs it. Missing: skip, or fail when VOXBRIDGE_REQUIRE_SERVICES is set."""
+    import shutil
+
+    exe = shutil.which(name)
+    if exe is None:
+        message = f"{name} not installed (Debian: apt-get install {package}; scripts/setup.sh --dev does it as root)"
+        if require_services():
+            pytest.fail(message + " (VOXBRIDGE_REQUIRE_SERVICES is set)")
+        pytest.skip(message)
+    return exe
 
 
 @pytest.fixture
@@ -125,3 +142,24 @@ async def agent_server(nursery):
 @pytest.fixture
 def autojump_clock():
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis server of our own, so the test can kill it without touching the shared one."""
+    exe = need_binary("redis-server", "redis-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield proc, f"redis://127.0.0.1:{port}/0"
+    proc.kill()
+    proc.wait()

@@ -131,7 +131,7 @@ async def test_garbage_answer(agent_server):
 
     with pytest.raises(AgentError) as err:
         await _call(spec(await agent_server(handler)))
-    assert err.value.reason == "bad_response"
+    assert err.value.reason == "garbage"
 
 
 def test_spec_repr_hides_url_and_headers():

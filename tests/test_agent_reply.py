@@ -75,9 +75,9 @@ def test_buffered_shapes(body, text, handoff):
     ("chunks", "reason"),
     [
         ([b'{"type":"begin"}\n{"type":"error","content":"Workflow failed"}\n'], "agent_error"),
-        ([b'{"type":"begin"}\n{"type":"item","content":"x"}\n{not json\n'], "bad_response"),
-        ([b'{"unexpected": 1}'], "bad_response"),
-        ([b'{"output": "broken'], "bad_response"),
+        ([b'{"type":"begin"}\n{"type":"item","content":"x"}\n{not json\n'], "garbage"),
+        ([b'{"unexpected": 1}'], "garbage"),
+        ([b'{"output": "broken'], "garbage"),
         ([b"   "], "empty_response"),
     ],
 )

@@ -45,8 +45,13 @@ def test_check_reports_file_line_and_reason(tmp_path):
 
 
 async def test_check_reach_probes_each_agent(tmp_path, agent_server):
-    async def handler(req, resp):
-        await resp.respond(204 if req.path == "/webhook/up" else 404, b"")
+    async def handler(req, resp):  # n8n's answers to a CORS preflight (see tests/test_n8n_real.py)
+        assert req.method == "OPTIONS" and req.headers["access-control-request-method"] == "POST"
+        if req.path == "/webhook/up":
+            await resp.start(204, {"access-control-allow-methods": "OPTIONS, POST"}, length=0)
+        else:  # unknown or inactive: n8n still answers a plain OPTIONS with 204, a preflight with this
+            await resp.start(500, {"access-control-allow-methods": "OPTIONS"}, length=0)
+        await resp.end()
 
     url = await agent_server(handler)
     f = tmp_path / "agents.toml"
@@ -57,7 +62,7 @@ async def test_check_reach_probes_each_agent(tmp_path, agent_server):
     assert r.returncode == 1
     lines = {line.split()[1]: line for line in r.stdout.splitlines() if line.strip().startswith("reach")}
     assert "ok" in lines["up"] and "HTTP 204" in lines["up"]
-    assert "FAIL" in lines["gone"] and "HTTP 404" in lines["gone"]
+    assert "FAIL" in lines["gone"] and "no webhook registered for POST" in lines["gone"]
     assert "FAIL" in lines["down"] and "cannot reach" in lines["down"]
 
 

@@ -57,13 +57,22 @@ def test_unreachable_discord_is_retried_with_backoff(daemon_settings, monkeypatc
     monkeypatch.setattr(adapter, "check_opus", lambda: None)
     monkeypatch.setenv("DISCORD_TOKEN", "bogus-token-value")
     caplog.set_level(logging.INFO)
-    # stop the daemon (as systemd would) once it has retried a few times
-    timer = threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
+
+    class StopAfterRetries(logging.Handler):  # stop the daemon (as systemd would) after 3 tries
+        seen = 0
+
+        def emit(self, record):
+            if "discord_unreachable" in record.getMessage():
+                self.seen += 1
+                if self.seen == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = StopAfterRetries()
+    logging.getLogger("voxbridge.discord").addHandler(stopper)
     try:
         rc = adapter.run_daemon(daemon_settings)
     finally:
-        timer.cancel()
+        logging.getLogger("voxbridge.discord").removeHandler(stopper)
     retries = [r.getMessage() for r in caplog.records if "discord_unreachable" in r.getMessage()]
     assert rc == 0 and len(retries) >= 2
     assert "retry_in_s=1" in retries[0] and "retry_in_s=2" in retries[1]  # backoff grows

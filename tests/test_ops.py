@@ -2,7 +2,6 @@
 owns, graceful drain of turns in flight, SIGHUP with a broken agents.toml, the systemd unit."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from voxbridge.audio.wav import read_wav_mono
 from voxbridge.daemon import Daemon
 from voxbridge.ops.systemd import Notifier
 
+from .conftest import need_binary
 from .helpers import SpeechMaker, wer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,8 +280,8 @@ def test_sd_notify_ready_watchdog_sighup_and_stopping_in_a_real_process(tmp_path
     assert "event=stopped" in out
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_unit_verifies(tmp_path):
+    need_binary("systemd-analyze", "systemd")
     unit = (ROOT / "systemd" / "voxbridge.service").read_text()
     exe = Path(sys.executable).parent / "voxbridge"
     unit = unit.replace("/opt/voxbridge/.venv/bin/voxbridge", str(exe))

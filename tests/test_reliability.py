@@ -1,16 +1,9 @@
 """Nothing is lost: store and Redis outages, STT/TTS/agent faults, hostile input, load.
 Long runs live in scripts/soak.py; these are the fast versions."""
 
-import os
-import resource
-import shutil
-import socket
-import subprocess
-import time
 
 import attrs
 import numpy as np
-import pytest
 import trio
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -84,29 +77,6 @@ async def test_postgres_connections_killed_mid_run_lose_no_turn(settings, postgr
     assert len(outcomes) == 40 and all(o.status == "answered" for o in outcomes)
     assert len(rows) == 40 and {r["status"] for r in rows} == {"answered"}
     assert len({(r["user_id"], r["number"]) for r in rows}) == 40  # no duplicates, numbering intact
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis server of our own, so the test can kill it without touching the shared one."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server binary not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield proc, f"redis://127.0.0.1:{port}/0"
-    proc.kill()
-    proc.wait()
 
 
 async def test_redis_stopped_mid_run_degrades_to_the_database(settings, private_redis, agent_server, tmp_path, caplog):
@@ -201,7 +171,7 @@ async def test_agent_closing_mid_stream_fails_the_turn_without_retry(settings, a
         out = await ask(services, "hello")
         row = await services.store.get_turn(out.turn_id)
     assert len(calls) == 1  # never retried after the first byte
-    assert row["status"] == "failed" and row["error"].split(":")[0] in ("connection_closed", "bad_response")
+    assert row["status"] == "failed" and row["error"].split(":")[0] in ("connection_closed", "garbage")
 
 
 async def test_fifty_megabyte_answer_is_cut_at_the_cap(settings, agent_server):
@@ -290,7 +260,7 @@ async def test_reloads_of_fuzzed_files_never_replace_the_good_config(tmp_path):
     good = holder.current.version
     reloader = AgentsReloader(path, holder)
     corpus = ["", "[[agents]", "\x00\x01", "[[agents]]\nid = 1", '[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://h/x"\nretries = 1e308',
-              "[routing]\nhistory_turns = 99999999999999999999", '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { regex = "(a*)*b" }',
+              "[routing]\nhistory_turns = 99999999999999999999", '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { regex = "(a)\\\\1" }',
               "a = " + "[" * 5000, "\xff\xfe"]
     for text in corpus:
         path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
@@ -352,16 +322,9 @@ async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_tur
     url = await agent_server(ok_agent)
     clips = [speech.discord(t, 0.2, 1.2) for t in ("What time is it?", "Tell me a joke.", "How are you doing today?")]
     stt = FastFakeStt()
-    lag = []
-
-    async def lag_probe():
-        while True:
-            t0 = trio.current_time()
-            await trio.sleep(0.01)
-            lag.append(trio.current_time() - t0 - 0.01)
-
+    # The event-loop lag under this load is a figure, not a property: `scripts/soak.py` (load-fake,
+    # the same 20 x 5 speakers) reports its p99.
     async with open_services(settings, agents=one_agent(url, max_concurrency=50), stt=stt, tts=False) as services:
-        nursery.start_soon(lag_probe)
         channels = [await nursery.start(ChannelSession(services, f"g{i}", f"c{i}", CollectSink()).run) for i in range(20)]
 
         async def speaker(channel, j):
@@ -372,17 +335,11 @@ async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_tur
             await h.finish()
             await h.finished.wait()
 
-        t0 = time.perf_counter()
         async with trio.open_nursery() as n:
             for c in channels:
                 for j in range(5):
                     n.start_soon(speaker, c, j)
-        elapsed = time.perf_counter() - t0
         rows = await services.store.list_turns(limit=10_000)
     final = {"answered", "failed", "not_routed"}
     assert len(rows) == 20 * 5 * 2 == stt.calls  # every utterance: exactly one stored turn
     assert all(r["status"] in final for r in rows) and {r["status"] for r in rows} == {"answered"}
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    p99 = float(np.percentile(lag, 99)) * 1000
-    print(f"\nload: 200 turns in {elapsed:.1f}s, loop lag p99 {p99:.1f} ms, max RSS {rss_mb:.0f} MB")
-    assert os.environ.get("CI") or p99 >= 0  # reported, not asserted (shared, noisy machine)

@@ -59,6 +59,11 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import signal
+
+    # A SIGHUP (systemctl reload) while the daemon imports and loads must not kill it (exit 129);
+    # the daemon's own handling starts once it runs (Daemon.on_signal).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = _settings(args)
     if args.no_discord or not settings.daemon.discord:
         from .daemon import run_local
@@ -80,36 +85,98 @@ def cmd_stt_serve(args) -> int:
     return 0
 
 
-def cmd_transcribe(args) -> int:
+TRANSCRIBE_CHUNK_S = 30.0  # Whisper's own window: a file is decoded piece by piece, in bounded memory
+DIGITAL_SILENCE = 1e-4  # peak below -80 dBFS: nothing to decode (Whisper would invent "you")
+
+
+def _next_piece(reader, carry):
+    """The next <= 30 s of a file, cut at its quietest 100 ms within the last 5 s (not mid-word);
+    returns (piece, carry-over, at_end)."""
+    import numpy as np
+
+    rate = reader.rate
+    need = max(0, int(TRANSCRIBE_CHUNK_S * rate) - carry.size)
+    fresh = reader.frames(need)
+    x = np.concatenate([carry, fresh]) if carry.size else fresh
+    at_end = fresh.size < need
+    if at_end or x.size < 10 * rate:
+        return x, np.zeros(0, np.float32), at_end
+    win = max(1, rate // 10)
+    tail = x[-5 * rate:]
+    n = tail.size // win
+    energy = (tail[: n * win].reshape(n, win) ** 2).mean(axis=1)
+    cut = x.size - tail.size + int(np.argmin(energy)) * win + win // 2
+    return x[:cut], x[cut:], False
+
+
+async def _transcribe_file(engine, path: str) -> None:
+    import numpy as np
+
     from .audio import STT_RATE
     from .audio.convert import resample
-    from .audio.wav import read_wav_mono
+    from .audio.wav import WavReader
+
+    reader = await trio.to_thread.run_sync(WavReader, path)
+    texts, reasons, confidences = [], [], []
+    audio_s = decode_s = 0.0
+    language = ""
+    try:
+        carry = np.zeros(0, np.float32)
+        at_end = False
+        while not at_end:
+            piece, carry, at_end = await trio.to_thread.run_sync(_next_piece, reader, carry)
+            if not piece.size:
+                continue
+            audio_s += piece.size / reader.rate
+            if float(np.max(np.abs(piece))) < DIGITAL_SILENCE:
+                reasons.append("silence")
+                continue
+            audio = await trio.to_thread.run_sync(resample, piece, reader.rate, STT_RATE)
+            t0 = time.perf_counter()
+            tr = await engine.transcribe(audio)
+            decode_s += time.perf_counter() - t0
+            if tr.text:
+                texts.append(tr.text)
+                confidences.append(tr.confidence)
+                language = tr.language
+            else:
+                reasons.append(tr.dropped or "empty")
+    finally:
+        reader.close()
+    shown = " ".join(texts) if texts else f"<nothing: {', '.join(sorted(set(reasons))) or 'empty'}>"
+    print(f"{path}: {shown}")
+    confidence = f"{min(confidences):.2f}" if confidences else "-"
+    print(f"  {audio_s:.2f}s audio, {decode_s:.2f}s to transcribe (x{audio_s / max(decode_s, 1e-6):.1f} real time), "
+          f"language {language or '-'}, confidence {confidence}", file=sys.stderr)
+
+
+def cmd_transcribe(args) -> int:
     from .stt import create_stt
 
     settings = _settings(args)
+    failed = []
 
     async def main():
         engine = await create_stt(settings)
         try:
             for path in args.files:
-                mono, rate = await trio.to_thread.run_sync(read_wav_mono, path)
-                audio = await trio.to_thread.run_sync(resample, mono, rate, STT_RATE)
-                t0 = time.perf_counter()
-                tr = await engine.transcribe(audio)
-                dt = time.perf_counter() - t0
-                shown = tr.text if tr.text else f"<nothing: {tr.dropped}>"
-                print(f"{path}: {shown}")
-                print(f"  {tr.duration_s:.2f}s audio, {dt:.2f}s to transcribe (x{tr.duration_s / max(dt, 1e-6):.1f} real time), "
-                      f"language {tr.language}, confidence {tr.confidence:.2f}", file=sys.stderr)
+                try:
+                    await _transcribe_file(engine, path)
+                except (VoxBridgeError, OSError) as exc:  # one bad file does not stop the others
+                    failed.append(path)
+                    print(f"voxbridge: {exc}", file=sys.stderr)
         finally:
             await engine.aclose()
 
     trio.run(main)
-    return 0
+    if failed:
+        print(f"voxbridge: {len(failed)} of {len(args.files)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_check(args) -> int:
     from .agents.config import load_agents, redact_url
+    from .words import keyword_problem
 
     settings = _settings(args)
     agents = load_agents(settings.agents.file)
@@ -121,35 +188,28 @@ def cmd_check(args) -> int:
         print(f"  agent {a.id:<16} {a.kind:<8} {redact_url(a.url)}  {a.name}")
     for rule in agents.rules:
         print(f"  rule  {rule.id:<16} priority {rule.priority:<4} -> {', '.join(rule.agents)}")
+    for where, keywords in [*((f"agent {a.id}", a.keywords) for a in agents.agents),
+                            *((f"rule {r.id}", r.match.keywords) for r in agents.rules)]:
+        for k in keywords:
+            if problem := keyword_problem(k):
+                print(f"  warning: {where}: {problem}")
     if not args.reach:
         return 0
     results = trio.run(_reach, agents)
-    bad = 0
-    for agent_id, ok, detail in results:
-        bad += not ok
-        print(f"  reach {agent_id:<16} {'ok  ' if ok else 'FAIL'} {detail}")
-    return 1 if bad else 0
+    print("  reach: n8n: CORS preflight (is a POST webhook registered at the path?); openai: GET /models "
+          "(is the model served?); webhook: OPTIONS (host only). Nothing is triggered.")
+    for probe in results:
+        print(f"  reach {probe.agent_id:<16} {probe.state:<10} {probe.detail}")
+    return 1 if any(p.state == "FAIL" for p in results) else 0
 
 
 async def _reach(agents):
-    """Probe each agent without triggering it: an OPTIONS request (n8n answers CORS preflights)."""
-    import httpx
-
+    """Probe each agent without triggering it (see `voxbridge.agents.health.probe_agent`)."""
     from .agents.client import make_http_client
+    from .agents.health import probe_agent
 
-    results = []
     async with make_http_client() as http:
-        for a in agents.agents:
-            t0 = time.perf_counter()
-            try:
-                resp = await http.request("OPTIONS", a.url, timeout=a.connect_timeout_s + 2, headers=a.headers)
-                ms = (time.perf_counter() - t0) * 1000
-                ok = resp.status_code < 500 and resp.status_code != 404
-                hint = " (is the webhook active/registered?)" if resp.status_code == 404 else ""
-                results.append((a.id, ok, f"HTTP {resp.status_code} in {ms:.0f} ms{hint}"))
-            except httpx.HTTPError as exc:
-                results.append((a.id, False, f"{type(exc).__name__}: cannot reach the host"))
-    return results
+        return [await probe_agent(a, http) for a in agents.agents]
 
 
 def cmd_say(args) -> int:
@@ -159,7 +219,7 @@ def cmd_say(args) -> int:
     roles = frozenset(r for r in (args.roles or "").split(",") if r)
     return trio.run(lambda: say(settings, " ".join(args.text), user=args.user, guild=args.guild, channel=args.channel,
                                 roles=roles, demo_agents=args.demo_agents, speak=Path(args.speak) if args.speak else None,
-                                store_url=args.store))
+                                store_url=args.store, explain=args.explain))
 
 
 def cmd_config(args) -> int:
@@ -169,9 +229,13 @@ def cmd_config(args) -> int:
     settings = _settings(args)
     import attrs
 
+    from .config import SECRET_SETTINGS, redact_credentials
+
     for section, values in attrs.asdict(settings).items():
         print(f"[{section}]")
         for k, v in values.items():
+            if k in SECRET_SETTINGS and isinstance(v, str):
+                v = redact_credentials(v)  # database and Redis passwords
             print(f"{k} = {v!r}")
     return 0
 
@@ -217,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate settings and agents.toml")
     c.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
-    c.add_argument("--reach", action="store_true", help="also probe each agent's URL (HTTP OPTIONS; nothing is triggered)")
+    c.add_argument("--reach", action="store_true", help="also probe each agent without triggering it (n8n: CORS preflight shows whether the webhook is registered; openai: GET /models; webhook: OPTIONS)")
     c.set_defaults(func=cmd_check)
 
     y = sub.add_parser("say", help="route typed text exactly as speech would be; print the decision and the streamed answer")
@@ -227,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--channel", default="cli-channel")
     y.add_argument("--roles", default="", help="comma-separated role ids of the member (agent/rule scoping)")
     y.add_argument("--agents", default=None, help="agents file (default: [agents].file)")
-    y.add_argument("--store", default=None, help="store URL (default: [store].url)")
+    y.add_argument("--store", default=None, help="store URL (default: [store].url): sqlite:///relative/path.db, sqlite:////absolute/path.db (four slashes) or postgresql://...")
     y.add_argument("--demo-agents", action="store_true", help="answer from the built-in demo webhooks")
     y.add_argument("--speak", metavar="OUT.wav", help="also synthesize the answer to a WAV file")
+    y.add_argument("--explain", action="store_true", help="print each routing tier: what matched, or why not")
     y.set_defaults(func=cmd_say)
 
     g = sub.add_parser("config", help="print the effective settings")

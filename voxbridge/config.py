@@ -36,6 +36,11 @@ def _non_negative(inst, attribute, value):
         raise ValueError(f"must be >= 0, got {value!r}")
 
 
+def _port(inst, attribute, value):
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port between 0 and 65535, got {value!r}")
+
+
 def _unit(inst, attribute, value):
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"must be between 0 and 1, got {value!r}")
@@ -84,7 +89,7 @@ class SttSettings:
     device: str = _field("auto", "auto (cuda when available, else cpu), cpu or cuda.", _one_of("auto", "cpu", "cuda"))
     compute_type: str = _field("auto", "CTranslate2 compute type: auto (int8 on cpu, float16 on cuda), int8, float16, float32, ...")
     language: str = _field("en", "Language code passed to Whisper; empty to auto-detect.")
-    beam_size: int = _field(1, "Beam size (1 = greedy, the fastest).", _positive)
+    beam_size: int = _field(5, "Beam size: 5 (faster-whisper's own default) measured clearly more accurate than 1 (greedy) and is hidden by early transcription for one speaker; 1 decodes faster (many concurrent speakers on a small CPU). See scripts/bench_stt.py.", _positive)
     max_concurrent_transcriptions: int = _field(2, "Transcriptions running at once (CapacityLimiter); also the model's worker count.", _positive)
     cpu_threads: int = _field(0, "CTranslate2 threads per worker (0 = its default).", _non_negative)
     no_speech_threshold: float = _field(0.6, "Segments whose no-speech probability is above this (with low confidence) are dropped as hallucinations.", _unit)
@@ -117,6 +122,7 @@ class ConversationSettings:
     mode: str = _field("conversation", "conversation (answer every utterance), addressed (only utterances that start with the bot's name or a wake phrase; the phrase is stripped), transcribe (post transcripts, call no agent). /voxbridge mode changes it per channel.", _one_of("conversation", "addressed", "transcribe"))
     wake_phrases: tuple[str, ...] = _field((), "Extra phrases that address the bot (its [general].bot_name always does), e.g. [\"hey bridge\", \"computer\"].")
     addressed_above_humans: int = _field(2, "In conversation mode, switch to addressed while the channel has more than this many humans (0: never).", _non_negative)
+    name_prompt: bool = _field(True, "In addressed mode, give the STT the bot's name and wake phrases as its prompt, so Whisper spells them as written (scripts/bench_names.py measures it).")
     echo_window_s: float = _field(8.0, "An utterance matching what the bot said up to this long ago (users on speakers) is not routed.", _non_negative)
     echo_threshold: float = _field(0.6, "Share of an utterance's words found in the bot's recent speech for it to count as echo.", _unit)
     thinking_cue: bool = _field(False, "Play a short quiet sound while waiting for the agent's first sentence.")
@@ -156,9 +162,12 @@ class DiscordSettings:
 class ApiSettings:
     enabled: bool = _field(True, "Serve the control API (health, status, metrics, voice, reload).")
     host: str = _field("127.0.0.1", "Bind address. Keep it on loopback unless a reverse proxy with TLS is in front.")
-    port: int = _field(4900, "TCP port (0 = any free port, logged at start).", _non_negative)
+    port: int = _field(4900, "TCP port (0 = any free port, logged at start; at most 65535).", _port)
     token_file: str = _field("", "File holding the bearer token for mutating endpoints and /status details (else $VOXBRIDGE_API_TOKEN, else $CREDENTIALS_DIRECTORY/api-token). Without a token those endpoints answer 403.")
     max_body_bytes: int = _field(65536, "Largest request body accepted.", _positive)
+    max_connections: int = _field(256, "Open connections at most; at the cap the oldest idle one is closed for a new one.", _positive)
+    read_timeout_s: float = _field(10.0, "A connection that sends nothing for this long is closed; a request body must arrive within it (else 408).", _positive)
+    keep_alive_s: float = _field(5.0, "A connection with no request in progress (idle, or headers not complete) is closed after this long.", _positive)
 
 
 @attrs.frozen
@@ -210,8 +219,28 @@ def _resolve_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, typ: Any, where: str, from_env: bool) -> Any:
+SECRET_SETTINGS = frozenset({"url", "redis_url"})  # may hold a password: never echoed in an error
+
+
+def redact_credentials(url: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db` (and `?password=`)."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<unparsable url>"
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
+
+
+def _coerce(value: Any, typ: Any, where: str, from_env: bool, secret: bool = False) -> Any:
     """Convert a TOML or environment value to the field's type, or explain why not."""
+    if secret and not isinstance(value, str):
+        raise ConfigError(where, f"expected a string, got {type(value).__name__} (value not shown: it may hold a password)")
     if typing.get_origin(typ) is tuple:
         if from_env and isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -267,7 +296,7 @@ def _build_section(name: str, cls: type, values: dict[str, Any], source: str, en
         where = where_of(key)
         if key not in known:
             raise ConfigError(where, f"unknown setting; known keys in [{name}]: {', '.join(sorted(known))}")
-        kwargs[key] = _coerce(value, hints[key], where, from_env=key in env_keys)
+        kwargs[key] = _coerce(value, hints[key], where, from_env=key in env_keys, secret=key in SECRET_SETTINGS)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -288,6 +317,39 @@ def _fails(cls, key, value) -> bool:
     return False
 
 
+MAX_CONFIG_FILE_BYTES = 8 << 20  # voxbridge.toml and agents.toml: larger is a mistake or an attack
+
+
+def read_config_file(path: str | Path, what: str, limit: int = MAX_CONFIG_FILE_BYTES) -> bytes:
+    """A settings file's bytes, or ConfigError saying why not: missing or unreadable, a directory,
+    a FIFO or device (reading one would block or never end: /dev/zero), larger than `limit`."""
+    import stat
+
+    source = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens without a writer
+    except OSError as exc:
+        raise ConfigError(source, f"cannot read {what}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(source, f"{what} is a directory; point the setting at the file itself")
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+            raise ConfigError(source, f"{what} is {kind}, not a regular file; use a plain file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise ConfigError(source, f"{what} is larger than {limit >> 20} MiB; this is not a settings file")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(source, f"cannot read {what}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read settings from `path` (optional) and the environment; raise ConfigError on any bad value."""
     env = os.environ if env is None else env
@@ -296,9 +358,9 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(source, f"cannot read settings file: {exc.strerror}") from None
+            text = read_config_file(path, "settings file").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(source, f"not UTF-8 text (byte {exc.start}): is this a binary file? voxbridge.toml is TOML text") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

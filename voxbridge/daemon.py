@@ -2,7 +2,7 @@
 
     Daemon.run                     root nursery: bounds everything below
     ├── AgentsReloader.run         agents.toml watch (+ Redis broadcast); SIGHUP goes to it
-    ├── serve_http(ControlApi)     the control API
+    ├── ControlApi.serve           the control API (hypercorn)
     ├── Notifier.watchdog          WATCHDOG=1 from the event loop itself
     ├── voice backend              Discord (adapter) or simulated channels (LocalVoice)
     └── ChannelSession (each)      started by Control.join
@@ -27,7 +27,7 @@ from .agents.reloader import AgentsReloader
 from .config import Settings
 from .core.control import Control, ControlError
 from .core.services import log_observer, open_services
-from .net.http_server import serve_http
+from .errors import ConfigError
 from .ops.api import ControlApi, resolve_api_token
 from .ops.local_voice import LocalVoice
 from .ops.metrics import Metrics
@@ -47,11 +47,15 @@ class Daemon:
         self.metrics = Metrics()
         self.notifier = Notifier(env)
         self.api_token = resolve_api_token(settings, env)
-        self.stop_requested: trio.Event | None = None
+        self.stop_requested: trio.Event = trio.Event()
+        self.stopping = False  # shutdown has begun: signals no longer start anything
+        self._ready_nursery: trio.Nursery | None = None  # where a SIGHUP's reload runs, once ready
+        self._hup_pending = False  # a SIGHUP arrived while starting: reload once ready
         self.control: Control | None = None
         self.voice = None
         self.reloader: AgentsReloader | None = None
         self.api_port: int | None = None
+        self.api: ControlApi | None = None
         self.ownership: Ownership | None = None
         self.on_ownership = None  # the Discord adapter's hook: its own joins take the same locks
         self.clean_exit = False
@@ -61,8 +65,24 @@ class Daemon:
         self.metrics.observe_event(kind, fields)
 
     def request_stop(self) -> None:
-        if self.stop_requested is not None:
-            self.stop_requested.set()
+        self.stop_requested.set()
+
+    def on_signal(self, signum: int) -> None:
+        """SIGHUP reloads agents.toml once the daemon is ready (one arriving while it starts is
+        deferred until then; during shutdown it is ignored); SIGTERM/SIGINT stop it (again: the
+        shutdown already under way goes on). Never raises: a signal must not kill the daemon."""
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            if self.stopping:
+                log.info("event=signal_ignored name=SIGHUP reason=shutting_down")
+            elif self._ready_nursery is None:
+                self._hup_pending = True
+                log.info("event=signal_deferred name=SIGHUP reason=starting")
+            else:
+                self._ready_nursery.start_soon(self.reloader.reload_now, "sighup")
+        else:
+            log.info("event=signal name=%s%s", name, " shutdown=already_in_progress" if self.stopping else "")
+            self.request_stop()
 
     async def readiness(self) -> dict:
         services = self.control.services
@@ -78,8 +98,34 @@ class Daemon:
 
     async def run(self, *, voice_factory: VoiceFactory | None = None, signals: bool = True,
                   task_status=trio.TASK_STATUS_IGNORED) -> int:
+        await trio.to_thread.run_sync(preflight, self.settings)
+        if not signals:  # the caller delivers them to on_signal (Discord mode: the asyncio host loop)
+            return await self._run(voice_factory, task_status)
+        # The receiver is open for the whole lifetime, loading and closing included: a signal
+        # before ready or during shutdown must not fall through to the default action (exit).
+        outcome: dict = {}
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals_in:
+            async with trio.open_nursery() as outer:
+                async def deliver():
+                    async for signum in signals_in:
+                        self.on_signal(signum)
+
+                async def main():
+                    try:
+                        outcome["code"] = await self._run(voice_factory, task_status)
+                    except ConfigError as exc:  # raised below, outside the nursery: not an ExceptionGroup
+                        outcome["error"] = exc
+                    finally:
+                        outer.cancel_scope.cancel()
+
+                outer.start_soon(deliver)
+                outer.start_soon(main)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["code"]
+
+    async def _run(self, voice_factory: VoiceFactory | None, task_status) -> int:
         settings = self.settings
-        self.stop_requested = trio.Event()
         self.notifier.status("loading models")
         async with open_services(settings, observer=self.observe, **self.engines) as services, trio.open_nursery() as nursery:
             self.control = control = Control(services, nursery)
@@ -99,8 +145,10 @@ class Daemon:
             self.voice = OwnedVoice(local_voice, self.ownership)
             if settings.api.enabled:
                 api = ControlApi(control, self.voice, self.metrics, self.reloader, token=self.api_token,
-                                 readiness=self.readiness, max_body=settings.api.max_body_bytes, ownership=self.ownership)
-                self.api_port = await nursery.start(functools.partial(serve_http, api.handle, settings.api.host, settings.api.port))
+                                 readiness=self.readiness, max_body=settings.api.max_body_bytes, ownership=self.ownership,
+                                 body_timeout_s=settings.api.read_timeout_s)
+                self.api_port = await nursery.start(functools.partial(api.serve, settings.api))
+                self.api = api
                 log.info("event=api_listening host=%s port=%s auth=%s", settings.api.host, self.api_port,
                          "bearer" if self.api_token else "read_only")
             self.ownership.api_url = d.public_api_url or f"http://{settings.api.host}:{self.api_port}"
@@ -111,14 +159,18 @@ class Daemon:
             await nursery.start(self.ownership.run, lost)
             if local_voice.kind != "discord":  # Discord mode joins from its own auto_join/commands
                 nursery.start_soon(self._claim_loop)
-            if signals:
-                nursery.start_soon(self._signals, nursery)
             nursery.start_soon(self.notifier.watchdog)
             status = f"ready: voice={self.voice.kind}, agents={len(services.agents.current.agents)}, api={settings.api.host}:{self.api_port}"
             self.notifier.ready(status)
             log.info("event=ready %s", status.removeprefix("ready: ").replace(", ", " "))
             task_status.started(self)
+            self._ready_nursery = nursery
+            if self._hup_pending:
+                self._hup_pending = False
+                nursery.start_soon(self.reloader.reload_now, "sighup")
             await self.stop_requested.wait()
+            self.stopping = True
+            self._ready_nursery = None
             await self._shutdown(nursery)
         self.notifier.status("stopped")
         self.notifier.close()
@@ -140,15 +192,6 @@ class Daemon:
                         pass  # another instance owns it; try again later
             await trio.sleep(max(0.2, self.settings.daemon.voice_lock_ttl_s / 2))
 
-    async def _signals(self, nursery: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    nursery.start_soon(self.reloader.reload_now, "sighup")
-                else:
-                    log.info("event=signal name=%s", signal.Signals(signum).name)
-                    self.request_stop()
-
     async def _shutdown(self, nursery: trio.Nursery) -> None:
         control = self.control
         in_flight = sum(c.turns_in_flight for c in control.channels.values())
@@ -167,6 +210,40 @@ class Daemon:
         nursery.cancel_scope.cancel()
 
 
+def preflight(settings: Settings) -> None:
+    """Check at start what would otherwise fail later with a traceback: a state_dir that cannot be
+    written, an API host that does not resolve, an API port in use. Raises ConfigError."""
+    state = settings.state_path
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / f".voxbridge-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError("[general].state_dir", f"{str(state)!r} is not a writable directory ({exc.strerror}); "
+                                                 "create it, fix its permissions or choose another") from None
+    api = settings.api
+    if not api.enabled:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(api.host, api.port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError("[api].host", f"cannot resolve {api.host!r} ({exc}); use an IP address such as 127.0.0.1 "
+                                        "or a name this machine resolves") from None
+    if api.port:
+        with socket.socket(family, kind, proto) as probe_socket:
+            probe_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+            try:
+                probe_socket.bind(address)
+            except OSError as exc:
+                raise ConfigError("[api].port", f"cannot listen on {api.host}:{api.port} ({exc.strerror}); another "
+                                                "program (another voxbridge?) has it: stop it or choose another port") from None
+
+
 def run_local(settings: Settings) -> int:
     """The daemon without Discord: API + simulated channels."""
+    # Outside Daemon.run's receiver (trio starting, the last instants after the store closed)
+    # SIGTERM and SIGHUP are ignored rather than killing the process with 143 / 129.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return trio.run(Daemon(settings).run)

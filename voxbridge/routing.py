@@ -12,19 +12,21 @@ Tiers, as in a call centre (direct assignment -> rules -> fallback):
 
 An agent is eligible when the guild and the member's roles allow it and its circuit is not
 open. A decision carries `agent_ids` (broadcast: all of them) and `fallbacks`: where a single
-agent's turn goes next if that agent fails before answering.
+agent's turn goes next if that agent fails before answering, and `trace`: for each tier, what
+matched or why not (`voxbridge say --explain` prints it). Keywords and transcripts are compared
+as normalised words (`voxbridge/words.py`).
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 import time
 from collections.abc import Awaitable, Callable
 
 import attrs
 
 from .agents.config import AgentsConfig, AgentSpec, Rule
+from .words import Text
 
 
 @attrs.frozen
@@ -38,6 +40,20 @@ class RouteContext:
 
 
 @attrs.frozen
+class Step:
+    """One line of a decision's explanation."""
+
+    tier: str  # eligible | direct | rule | keyword | classifier | fallback | round_robin | broadcast
+    subject: str  # the agent or rule it is about ("" for the tier as a whole)
+    outcome: str  # matched | no | ineligible | chosen | skipped
+    why: str
+
+    def __str__(self) -> str:
+        subject = f" {self.subject}" if self.subject else ""
+        return f"{self.tier}{subject}: {self.outcome}: {self.why}"
+
+
+@attrs.frozen
 class RouteDecision:
     method: str  # direct | rule | keyword | classifier | fallback | round_robin | broadcast | none
     agent_ids: tuple[str, ...]
@@ -45,9 +61,8 @@ class RouteDecision:
     latency_ms: float = 0.0
     fallbacks: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()  # agents passed over because their circuit is open
+    trace: tuple[Step, ...] = attrs.field(default=(), eq=False, repr=False)  # why, tier by tier
 
-
-_WORD = re.compile(r"[a-z0-9']+")
 
 Classifier = Callable[[AgentSpec, str, tuple[AgentSpec, ...]], Awaitable[str | None]]
 
@@ -62,22 +77,30 @@ class Router:
         self.classifier = classifier
         self._rr = cursor if cursor is not None else itertools.count()  # shared across turns
 
-    def eligible(self, ctx: RouteContext) -> tuple[list[AgentSpec], list[str]]:
+    def eligible(self, ctx: RouteContext, trace: list[Step] | None = None) -> tuple[list[AgentSpec], list[str]]:
         allowed = [a for a in self.config.agents if a.allowed_in(ctx.guild_id, ctx.roles)]
         ok = [a for a in allowed if self.available(a.id)]
+        if trace is not None:
+            for a in self.config.agents:
+                if a not in allowed:
+                    trace.append(Step("eligible", a.id, "ineligible", _not_allowed_why(a, ctx)))
+                elif a not in ok:
+                    trace.append(Step("eligible", a.id, "ineligible", "circuit open (recent failures)"))
         return ok, [a.id for a in allowed if a not in ok]
 
     async def route(self, ctx: RouteContext) -> RouteDecision:
         t0 = time.perf_counter()
-        decision = await self._route(ctx)
-        return attrs.evolve(decision, latency_ms=round((time.perf_counter() - t0) * 1000, 3))
+        trace: list[Step] = []
+        decision = await self._route(ctx, trace)
+        return attrs.evolve(decision, latency_ms=round((time.perf_counter() - t0) * 1000, 3), trace=tuple(trace))
 
-    async def _route(self, ctx: RouteContext) -> RouteDecision:
+    async def _route(self, ctx: RouteContext, trace: list[Step]) -> RouteDecision:
         cfg = self.config
-        eligible, skipped = self.eligible(ctx)
+        eligible, skipped = self.eligible(ctx, trace)
         ids = [a.id for a in eligible]
         skip = tuple(skipped)
         if not eligible:
+            trace.append(Step("fallback", "", "no", "no agent is eligible for this member here"))
             return RouteDecision("none", (), skipped=skip)
 
         def single(method: str, first: str, rule_id: str | None = None, preferred: tuple[str, ...] = ()) -> RouteDecision:
@@ -88,55 +111,100 @@ class Router:
             return RouteDecision(method, (first,), rule_id, fallbacks=tuple(chain[1:]), skipped=skip)
 
         if ctx.pinned_agent and ctx.pinned_agent in ids:
+            trace.append(Step("direct", ctx.pinned_agent, "chosen", "the member's pinned agent"))
             return single("direct", ctx.pinned_agent)
-        words = set(_WORD.findall(ctx.text.lower()))
-        text_lower = ctx.text.lower()
+        trace.append(Step("direct", ctx.pinned_agent or "", "no", "pinned agent is not eligible" if ctx.pinned_agent else "no agent pinned"))
+        text = Text(ctx.text)
         for rule in cfg.rules:
-            if self._matches(rule, ctx, words, text_lower):
-                targets = [a for a in rule.agents if a in ids]
-                if targets:
-                    if cfg.routing.strategy == "broadcast" and len(targets) > 1:
-                        return RouteDecision("rule", tuple(targets), rule.id, skipped=skip)
-                    return single("rule", targets[0], rule.id, tuple(targets))
+            ok, why = self._rule_matches(rule, ctx, text)
+            if not ok:
+                trace.append(Step("rule", rule.id, "no", why))
+                continue
+            targets = [a for a in rule.agents if a in ids]
+            if not targets:
+                trace.append(Step("rule", rule.id, "no", f"{why}, but none of its agents ({', '.join(rule.agents)}) is eligible"))
+                continue
+            trace.append(Step("rule", rule.id, "chosen", why))
+            if cfg.routing.strategy == "broadcast" and len(targets) > 1:
+                return RouteDecision("rule", tuple(targets), rule.id, skipped=skip)
+            return single("rule", targets[0], rule.id, tuple(targets))
+        if not cfg.rules:
+            trace.append(Step("rule", "", "no", "no [[rules]]"))
         strategy = cfg.routing.strategy
         if strategy == "content_based":
-            hits = [a for a in eligible if a.keywords and any(_kw_in(k, words, text_lower) for k in a.keywords)]
+            hits = []
+            for a in eligible:
+                if not a.keywords:
+                    continue
+                found = _first_keyword(a.keywords, text)
+                if found:
+                    hits.append(a)
+                    trace.append(Step("keyword", a.id, "matched", f"{found} (priority {a.priority})"))
+                else:
+                    trace.append(Step("keyword", a.id, "no", f"none of its keywords {list(a.keywords)} is in the transcript"))
             if hits:
                 hits.sort(key=lambda a: -a.priority)
+                trace.append(Step("keyword", hits[0].id, "chosen", "highest priority of the agents whose keywords matched"))
                 return single("keyword", hits[0].id, preferred=tuple(a.id for a in hits))
             classifier = cfg.get(cfg.routing.classifier_agent) if cfg.routing.classifier_agent else None
             if classifier and self.classifier and self.available(classifier.id):
                 candidates = tuple(a for a in eligible if a.id != classifier.id)
                 choice = await self.classifier(classifier, ctx.text, candidates)
                 if choice in {a.id for a in candidates}:
+                    trace.append(Step("classifier", choice, "chosen", f"{classifier.id} chose it"))
                     return single("classifier", choice)
+                trace.append(Step("classifier", classifier.id, "no", f"answered {choice!r}, not one of {[a.id for a in candidates]}"))
+            elif classifier:
+                trace.append(Step("classifier", classifier.id, "no", "not available (circuit open, or no classifier in this context)"))
+        else:
+            trace.append(Step("keyword", "", "skipped", f"agents' keywords are used by strategy content_based, not {strategy}"))
         if strategy == "broadcast":
+            trace.append(Step("broadcast", "", "chosen", f"every eligible agent: {', '.join(ids)}"))
             return RouteDecision("broadcast", tuple(ids), skipped=skip)
         if strategy == "round_robin":
-            return single("round_robin", ids[next(self._rr) % len(ids)])
+            choice = ids[next(self._rr) % len(ids)]
+            trace.append(Step("round_robin", choice, "chosen", f"next in turn among {', '.join(ids)}"))
+            return single("round_robin", choice)
         # Fallback: the default agent, then (failed or circuit open) other eligible agents by priority.
         by_priority = tuple(a.id for a in sorted(eligible, key=lambda a: -a.priority))
-        first = cfg.routing.default_agent if cfg.routing.default_agent in ids else by_priority[0]
+        default = cfg.routing.default_agent
+        first = default if default in ids else by_priority[0]
+        trace.append(Step("fallback", first, "chosen", "the default agent" if first == default
+                          else f"default agent {default!r} is not eligible; highest priority eligible agent"))
         return single("fallback", first, preferred=by_priority)
 
     @staticmethod
-    def _matches(rule: Rule, ctx: RouteContext, words: set[str], text_lower: str) -> bool:
+    def _rule_matches(rule: Rule, ctx: RouteContext, text: Text) -> tuple[bool, str]:
+        """Whether the rule holds, with what matched or the first condition that failed."""
         m = rule.match
         if m.guilds and ctx.guild_id not in m.guilds:
-            return False
+            return False, f"guild {ctx.guild_id} not in match.guilds"
         if m.channels and ctx.channel_id not in m.channels:
-            return False
+            return False, f"channel {ctx.channel_id} not in match.channels"
         if m.users and ctx.user_id not in m.users:
-            return False
+            return False, f"user {ctx.user_id} not in match.users"
         if m.roles and not set(m.roles) & set(ctx.roles):
-            return False
-        if m.keywords and not any(_kw_in(k, words, text_lower) for k in m.keywords):
-            return False
+            return False, "the member has none of match.roles"
+        found = _first_keyword(m.keywords, text) if m.keywords else None
+        if m.keywords and not found:
+            return False, f"none of match.keywords {list(m.keywords)} is in the transcript"
         if rule.compiled is not None and not rule.compiled.search(ctx.text[:4000]):
-            return False
-        return True
+            return False, f"match.regex {rule.compiled.pattern!r} does not match"
+        held = [c for c in ("guilds", "channels", "users", "roles") if getattr(m, c)]
+        parts = ([found] if found else []) + (["regex matched"] if rule.compiled is not None else []) + [f"{c} ok" for c in held]
+        return True, ", ".join(parts) or "a rule without conditions matches every turn"
 
 
-def _kw_in(keyword: str, words: set[str], text_lower: str) -> bool:
-    """A single word matches whole words ("bug" not in "debugging"); a phrase matches as text."""
-    return keyword in words if " " not in keyword else keyword in text_lower
+def _first_keyword(keywords: tuple[str, ...], text: Text) -> str | None:
+    """`keyword 'x'` (with the words heard, when they differ) for the first keyword that matches."""
+    for k in keywords:
+        heard = text.find(k)
+        if heard is not None:
+            return f"keyword {k!r}" + (f" (heard {heard!r})" if heard != k else "")
+    return None
+
+
+def _not_allowed_why(agent: AgentSpec, ctx: RouteContext) -> str:
+    if agent.guilds and ctx.guild_id not in agent.guilds:
+        return f"guild {ctx.guild_id} not in its guilds"
+    return f"the member has none of its allowed_roles {list(agent.allowed_roles)}"

@@ -2,6 +2,7 @@
 
 Runs the same `answer_transcript` as the voice path: the turn is stored, routed, the agent is
 called, and the answer streams to the terminal (and, with `--speak`, is synthesized to a WAV).
+`--explain` prints the router's trace: each tier, what matched or why not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .stt import Transcript
 
 async def say(settings, text: str, *, user: str, guild: str, channel: str, roles: frozenset[str],
               demo_agents: bool = False, speak: Path | None = None, store_url: str | None = None,
-              out=sys.stdout) -> int:
+              explain: bool = False, out=sys.stdout) -> int:
     from .agents.config import load_agents
     from .sim.demo_agents import DemoAgents
 
@@ -44,9 +45,15 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
                 extra = f" fallbacks={','.join(d.fallbacks)}" if d.fallbacks else ""
                 skipped = f" skipped(circuit open)={','.join(d.skipped)}" if d.skipped else ""
                 print(f"route: {d.method}{rule} -> {','.join(d.agent_ids) or '(none)'}{extra}{skipped} ({d.latency_ms} ms)", file=out, flush=True)
+                if explain:
+                    for step in d.trace:
+                        print(f"  why: {step}", file=out, flush=True)
                 print("answer: ", end="", file=out, flush=True)
 
+            printed: list[str] = []
+
             async def on_text(t: str) -> None:
+                printed.append(t)
                 print(t, end="", file=out, flush=True)
 
             async with trio.open_nursery() as inner:  # bounds the playback task of --speak
@@ -55,14 +62,36 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
                 outcome = await answer_transcript(services, speaker, transcript, ended_at=trio.current_time(),
                                                   timings={}, playback=playback, on_text=on_text, on_decision=on_decision)
                 inner.cancel_scope.cancel()
+            if outcome.status != "answered" and outcome.speech is not None:
+                # what the channel hears instead of an answer (a partial answer is dropped)
+                notice = " ".join(outcome.speech.said) or "(nothing: [agents].failure_notice is empty)"
+                if "".join(printed).strip():
+                    print(" [dropped: the agent failed mid-answer]", file=out)
+                print(f"[failure notice] {notice}", end="", file=out)
             print(file=out)
             if outcome.status == "answered":
                 print(f"turn {outcome.turn_id}: answered", file=out)
             else:
                 print(f"turn {outcome.turn_id}: {outcome.status}: {outcome.error}", file=out)
+            if path := getattr(getattr(services.store, "backend", None), "path", None):
+                print(describe_sqlite_path(path), file=out)
             if speak is not None:
                 pcm = b"".join(sink.frames)
                 await trio.to_thread.run_sync(write_wav, speak, pcm, DISCORD_RATE, 2)
                 print(f"spoken answer: {speak} ({len(pcm) / (DISCORD_RATE * 4):.1f} s)", file=out)
         nursery.cancel_scope.cancel()
     return 0 if outcome.status == "answered" else 1
+
+
+def describe_sqlite_path(path: str) -> str:
+    """Where a SQLite store is; a hint when `sqlite:///tmp/x.db` (relative: three slashes) was
+    probably meant as `/tmp/x.db` (absolute: `sqlite:////tmp/x.db`, four slashes)."""
+    if path == ":memory:":
+        return "store: :memory:"
+    p = Path(path)
+    line = f"store: {p.resolve()}"
+    first = p.parts[0] if p.parts else ""
+    if not p.is_absolute() and first and (Path("/") / first).is_dir() and Path.cwd() != Path("/"):
+        line += (f"\n  (sqlite:///{path} is relative to the working directory; for /{path} write "
+                 f"sqlite:////{path}, four slashes)")
+    return line

@@ -4,10 +4,13 @@ Kinds differ only in the request (`build_request`): `n8n` and `webhook` POST the
 payload; `openai` POSTs a Chat Completions body (system prompt, previous turns as messages).
 The reply's shape (JSON, text, n8n NDJSON, SSE) is detected by `ReplyParser`.
 
-Retries with exponential backoff on connection errors and 5xx — only before the first byte of
-the answer, never after (the agent may already be acting). Timeouts: connect, first byte /
-between chunks (`timeout_s`), whole answer (`total_timeout_s`). The body is capped at
-`max_response_bytes`. Errors are `AgentError`s with a short reason and no URL in them.
+Retries with exponential backoff on connection errors, 5xx and n8n's not-ready answers (404
+"not registered", 200 "n8n is starting up") — only before the first byte of the answer, never
+after (the agent may already be acting). Timeouts: connect, first byte / between chunks
+(`timeout_s`), whole answer (`total_timeout_s`); keepalives are not the answer's first byte and
+hold a silent answer open only until `total_timeout_s`. The body is decoded as it streams
+(`decode.BodyDecoder`: gzip, deflate) and capped at `max_response_bytes` on the wire and decoded.
+Errors are `AgentError`s with a short reason and no URL in them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import trio
 
 from ..errors import AgentError
 from .config import AgentSpec, redact_url
+from .decode import ACCEPT_ENCODING, BodyDecoder
 from .reply import ReplyError, ReplyParser
 
 log = logging.getLogger("voxbridge.agents")
@@ -52,27 +56,63 @@ def make_http_client() -> httpx.AsyncClient:
     )
 
 
+NOT_REGISTERED_DETAIL = ("n8n says the webhook is not registered: is the workflow active and the path and "
+                         "method right? (n8n answers this for ~10 s after a restart while workflows activate)")
+N8N_STARTING = "n8n is starting up. Please wait"  # n8n's 200 (!) while its database migrates
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)) or (
-        isinstance(exc, _Status) and exc.status >= 500
+        isinstance(exc, _Status) and (exc.status >= 500 or bool(exc.state))
     )
 
 
 class _Status(Exception):
-    def __init__(self, status: int):
+    """An answer that is not an answer: an HTTP error, or n8n not ready (`state`): nothing ran."""
+
+    def __init__(self, status: int, state: str = ""):
         self.status = status
+        self.state = state  # "not_registered" | "n8n_starting" | ""
+
+
+def is_n8n_not_registered(status: int, body: bytes) -> bool:
+    """n8n's 404 for a webhook it does not serve (now): `{"code":404,"message":"The requested
+    webhook \"POST x\" is not registered.","hint":...}` or "... not registered for GET requests";
+    or, in the moment before its webhook routes are mounted, Express's `Cannot POST /webhook/x`."""
+    if status != 404:
+        return False
+    if b"<pre>Cannot POST /" in body[:2000]:
+        return True
+    try:
+        message = json.loads(body).get("message", "")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(message, str) and "webhook" in message and "not registered" in message
+
+
+@attrs.define
+class _Progress:
+    """One attempt, as far as it got (for the reason when the total timeout cuts it)."""
+
+    started: float
+    received: int = 0  # wire bytes
+    first_byte: float | None = None  # first piece of the answer (keepalives do not count)
+    last_content: float = 0.0
+    keepalives: int = 0
 
 
 async def call_agent(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText,
                      *, backoff_s: float = 0.25) -> AgentAnswer:
     started = time.perf_counter()
     attempt = 0
+    progress = _Progress(started)
     try:
         with trio.fail_after(agent.total_timeout_s):
             while True:
                 attempt += 1
+                progress = _Progress(time.perf_counter())
                 try:
-                    return await _attempt(agent, payload, http, on_text, started, attempt)
+                    return await _attempt(agent, payload, http, on_text, started, attempt, progress)
                 except (httpx.TransportError, _Status) as exc:
                     if attempt > agent.retries or not _retryable(exc):
                         raise
@@ -81,8 +121,12 @@ async def call_agent(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, o
                                 agent.id, attempt, _reason(exc), delay, redact_url(agent.url))
                     await trio.sleep(delay)
     except trio.TooSlowError:
-        raise AgentError(agent.id, "timeout_total", f"no complete answer within {agent.total_timeout_s:g}s") from None
+        raise _total_timeout(agent, progress) from None
     except _Status as exc:
+        if exc.state == "not_registered":
+            raise AgentError(agent.id, "not_registered", f"{NOT_REGISTERED_DETAIL}; {attempt} attempt(s)") from None
+        if exc.state == "n8n_starting":
+            raise AgentError(agent.id, "n8n_starting", f"n8n was still starting up; {attempt} attempt(s)") from None
         raise AgentError(agent.id, f"http_{exc.status}", f"after {attempt} attempt(s)") from None
     except _FirstByteTimeout:
         raise AgentError(agent.id, "timeout_first_byte", f"nothing within {agent.timeout_s:g}s") from None
@@ -92,6 +136,20 @@ async def call_agent(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, o
         raise AgentError(agent.id, _reason(exc), f"after {attempt} attempt(s)") from None
     except ReplyError as exc:
         raise AgentError(agent.id, exc.reason, exc.detail) from None
+
+
+def _total_timeout(agent: AgentSpec, p: _Progress) -> AgentError:
+    """The whole answer took longer than total_timeout_s. Keepalives (SSE comments, n8n
+    keepalive lines) hold a silent answer open past timeout_s, but only up to here: say so."""
+    now = time.perf_counter()
+    kept = f" ({p.keepalives} keepalive(s), no content)" if p.keepalives else ""
+    if p.first_byte is None and now - p.started > agent.timeout_s:
+        return AgentError(agent.id, "timeout_first_byte",
+                          f"nothing said within total_timeout_s {agent.total_timeout_s:g}s{kept}")
+    if p.first_byte is not None and now - p.last_content > agent.timeout_s:
+        return AgentError(agent.id, "timeout_stream",
+                          f"no content for {now - p.last_content:.1f}s mid-answer{kept}, cut at total_timeout_s")
+    return AgentError(agent.id, "timeout_total", f"no complete answer within {agent.total_timeout_s:g}s")
 
 
 class _FirstByteTimeout(Exception):
@@ -104,7 +162,7 @@ class _StreamTimeout(Exception):
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, _Status):
-        return f"http_{exc.status}"
+        return exc.state or f"http_{exc.status}"
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return "connect_failed"
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -127,13 +185,14 @@ def openai_messages(agent: AgentSpec, payload: dict) -> list[dict[str, str]]:
 def build_request(agent: AgentSpec, payload: dict) -> tuple[bytes, dict[str, str]]:
     """The exact bytes and headers to POST (signed bytes must be the sent bytes)."""
     if agent.kind == "openai":
-        body_obj = {"model": agent.model, "messages": openai_messages(agent, payload), "stream": agent.streaming}
+        body_obj = {"model": agent.model, "messages": openai_messages(agent, payload), "stream": agent.streaming,
+                    "max_tokens": agent.max_tokens, "temperature": agent.temperature}
         accept = "text/event-stream, application/json"
     else:
         body_obj = payload
         accept = "application/x-ndjson, application/json, text/event-stream, text/plain"
     body = json.dumps(body_obj, ensure_ascii=False).encode()
-    headers = {"content-type": "application/json", "accept": accept, **agent.headers}
+    headers = {"content-type": "application/json", "accept": accept, "accept-encoding": ACCEPT_ENCODING, **agent.headers}
     if agent.api_key:
         headers["authorization"] = f"Bearer {agent.api_key}"
     if agent.hmac_secret:
@@ -150,38 +209,71 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, st
 
 
 async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText,
-                   started: float, attempt: int) -> AgentAnswer:
+                   started: float, attempt: int, progress: _Progress) -> AgentAnswer:
     timeout = httpx.Timeout(connect=agent.connect_timeout_s, read=agent.timeout_s, write=agent.timeout_s, pool=agent.connect_timeout_s)
     body, headers = build_request(agent, payload)
-    parser = ReplyParser()
     pieces: list[str] = []
-    first_byte: float | None = None
-    received = 0
+    first_data: float | None = None
     try:
         async with http.stream("POST", agent.url, content=body, headers=headers, timeout=timeout) as resp:
             if resp.status_code >= 400:
-                raise _Status(resp.status_code)
-            async for chunk in resp.aiter_raw():
+                head = b""
+                if resp.status_code == 404 and agent.kind == "n8n":
+                    head = await _read_some(resp, 8192)
+                raise _Status(resp.status_code, "not_registered" if is_n8n_not_registered(resp.status_code, head) else "")
+            parser = ReplyParser(agent.kind, resp.headers.get("content-type", ""))
+            decoder = BodyDecoder(resp.headers.get("content-encoding"), agent.max_response_bytes)
+            async for chunk in resp.aiter_raw():  # wire bytes; decoded (and capped) by BodyDecoder
                 if not chunk:
                     continue
-                if first_byte is None:
-                    first_byte = time.perf_counter() - started
-                received += len(chunk)
-                if received > agent.max_response_bytes:
+                progress.received += len(chunk)
+                if progress.received > agent.max_response_bytes:
                     raise ReplyError("too_large", f"answer exceeded {agent.max_response_bytes} bytes")
-                for text in parser.feed(chunk):
+                data = decoder.decode(chunk)
+                now = time.perf_counter()
+                if first_data is None and data.strip():
+                    first_data = now
+                seen = parser.content_events
+                texts = parser.feed(data)
+                progress.keepalives = parser.keepalives
+                if parser.content_events > seen:  # keepalives are not progress of the answer
+                    if progress.first_byte is None:
+                        progress.first_byte = now - started
+                    progress.last_content = now
+                for text in texts:
                     pieces.append(text)
                     await on_text(text)
+            tail = decoder.finish()
     except httpx.ReadTimeout:
-        raise (_FirstByteTimeout() if first_byte is None else _StreamTimeout()) from None
+        raise (_FirstByteTimeout() if progress.first_byte is None else _StreamTimeout()) from None
     except httpx.TransportError:
-        if first_byte is not None:  # never retry once the agent started answering
+        if progress.received:  # never retry once the agent started answering (even keepalives)
             raise ReplyError("connection_closed", "the agent closed the connection mid-answer") from None
         raise
-    for text in parser.finish():
+    texts = parser.feed(tail) if tail else []
+    texts += parser.finish()
+    if progress.first_byte is None and parser.content_seen:  # buffered: the body's first byte
+        progress.first_byte = (first_data or time.perf_counter()) - started
+    if agent.kind == "n8n" and parser.mode == "buffered" and "".join(texts).strip() == N8N_STARTING:
+        raise _Status(resp.status_code, "n8n_starting")  # a 200 but nothing ran: retried like a 503
+    for text in texts:
         pieces.append(text)
         await on_text(text)
     answer = "".join(pieces).strip()
     if not answer and not parser.handoff:
         raise ReplyError("empty_response", "the agent's answer had no text")
-    return AgentAnswer(agent.id, answer, parser.handoff, attempt, first_byte, time.perf_counter() - started)
+    return AgentAnswer(agent.id, answer, parser.handoff, attempt, progress.first_byte, time.perf_counter() - started)
+
+
+async def _read_some(resp: httpx.Response, limit: int) -> bytes:
+    """The start of an error body (decoded), for telling n8n's 404s apart; never more than limit."""
+    decoder = BodyDecoder(resp.headers.get("content-encoding"), limit)
+    out = bytearray()
+    try:
+        async for chunk in resp.aiter_raw():
+            out += decoder.decode(chunk)
+            if len(out) >= limit:
+                break
+    except (httpx.HTTPError, ReplyError):
+        pass
+    return bytes(out)

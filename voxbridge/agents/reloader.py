@@ -7,6 +7,7 @@ serving. Reading and parsing run in a worker thread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 import trio
 
 from ..errors import ConfigError
-from .config import AgentsConfig, parse_agents
+from .config import AgentsConfig, parse_agents, read_agents_bytes
 
 log = logging.getLogger("voxbridge.reload")
 
@@ -37,24 +38,26 @@ class AgentsReloader:
         self._digest: str | None = None
         self._lock = trio.Lock()
 
-    def _read(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except OSError:
-            return None
+    def _read(self) -> bytes:
+        """The file's bytes, or ConfigError: missing, unreadable, not a regular file (a FIFO
+        would block, /dev/zero never ends) or over the size cap."""
+        return read_agents_bytes(self.path)
 
     async def reload_now(self, reason: str) -> bool:
         """Re-read the file; True if a new config is now serving."""
         async with self._lock:
-            data = await trio.to_thread.run_sync(self._read)
-            if data is None:
-                self._reject(reason, ConfigError(str(self.path), "cannot read the file (missing or unreadable)"))
+            try:
+                data = await trio.to_thread.run_sync(self._read)
+            except ConfigError as exc:
+                self._reject(reason, exc)
                 return False
             digest = hashlib.sha256(data).hexdigest()
             self._digest = digest
             try:
                 text = data.decode("utf-8")
-                cfg = await trio.to_thread.run_sync(lambda: self.transform(parse_agents(text, str(self.path))))
+                # Abandoned on cancel: a reload in progress never holds up shutdown (the result is dropped).
+                cfg = await trio.to_thread.run_sync(lambda: self.transform(parse_agents(text, str(self.path))),
+                                                    abandon_on_cancel=True)
             except UnicodeDecodeError:
                 self._reject(reason, ConfigError(str(self.path), "not UTF-8 text"))
                 return False
@@ -82,9 +85,18 @@ class AgentsReloader:
         Comparing with the serving version (a hash of the file's text) needs no baseline read,
         so an edit made before the first poll is not missed; a rejected content is not retried
         until the file changes again."""
+        problem: str | None = None  # logged once until the file is readable again
         while True:
-            data = await trio.to_thread.run_sync(self._read)
-            if data is not None:
+            try:
+                data = await trio.to_thread.run_sync(self._read)
+            except ConfigError as exc:
+                if str(exc) != problem:
+                    problem = str(exc)
+                    log.warning("event=agents_file_unreadable error=%r serving_version=%s", problem, self.holder.current.version)
+            else:
+                if problem is not None:
+                    problem = None
+                    log.info("event=agents_file_readable")
                 digest = hashlib.sha256(data).hexdigest()
                 if digest[:12] != self.holder.current.version and digest != self._digest:
                     await self.reload_now("file_changed")
@@ -97,33 +109,59 @@ class AgentsReloader:
                 await self.reload_now("sighup")
 
     async def listen_broadcasts(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Re-read the file when another instance announces a reload (Redis pub/sub)."""
-        pubsub = await trio.to_thread.run_sync(self.broadcaster.reload_messages)
+        """Re-read the file when another instance announces a reload (Redis pub/sub).
+
+        Redis going away is logged once and the subscription retried with back-off (local
+        reloads keep working meanwhile); once the store is closed the listener just ends."""
         task_status.started()
+        pubsub = None
+        delay = 1.0
         try:
-            while True:
-                msg = await trio.to_thread.run_sync(lambda: pubsub.get_message(timeout=1.0), abandon_on_cancel=True)
+            while not getattr(self.broadcaster, "closed", False):
+                try:
+                    if pubsub is None:
+                        pubsub = await trio.to_thread.run_sync(self.broadcaster.reload_messages)  # connect: 2 s at most
+                        if delay > 1.0:
+                            log.info("event=reload_broadcast_restored")
+                        delay = 1.0
+                    msg = await trio.to_thread.run_sync(functools.partial(pubsub.get_message, timeout=1.0), abandon_on_cancel=True)
+                except Exception as exc:  # RedisError, or the socket closed under us (ValueError, OSError)
+                    if getattr(self.broadcaster, "closed", False):
+                        return
+                    if delay == 1.0:
+                        log.warning("event=reload_broadcast_unavailable error=%s retry_s=%.0f", type(exc).__name__, delay)
+                    if pubsub is not None:
+                        await trio.to_thread.run_sync(_close_quietly, pubsub)
+                        pubsub = None
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
                 if not msg:
                     continue
                 try:
                     info = json.loads(msg["data"])
                 except (ValueError, TypeError):
                     continue
-                if info.get("instance") != self.instance:
+                if isinstance(info, dict) and info.get("instance") != self.instance:
                     log.info("event=agents_reload_announced by=%s version=%s", info.get("instance"), info.get("version"))
                     await self.reload_now("broadcast")
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(pubsub.close)
+            if pubsub is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_close_quietly, pubsub)
 
     async def run(self, *, sighup: bool = True, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:  # bounds the watcher, signal and broadcast listeners
             if sighup:
                 await nursery.start(self.on_sighup)
-            if self.broadcaster is not None:
-                try:
-                    await nursery.start(self.listen_broadcasts)
-                except Exception as exc:  # Redis down: local reloads still work
-                    log.warning("event=reload_broadcast_unavailable error=%s", type(exc).__name__)
+            if self.broadcaster is not None:  # Redis down: local reloads still work, the listener retries
+                await nursery.start(self.listen_broadcasts)
             nursery.start_soon(self.watch)
             task_status.started()
+
+
+def _close_quietly(pubsub) -> None:
+    try:
+        pubsub.close()
+    except Exception:  # already broken: nothing to release
+        pass

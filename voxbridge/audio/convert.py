@@ -8,6 +8,8 @@ Two cases with different needs:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import DISCORD_CHANNELS, DISCORD_RATE, FRAME_BYTES, STT_RATE
@@ -65,20 +67,39 @@ class Downsampler:
         return out.astype(np.float32, copy=False)
 
 
+def _smooth_at_least(n: int) -> int:
+    """The smallest number >= n with no prime factor above 5."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
 def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     """Resample a whole mono float32 clip (band-limited, FFT based)."""
     if src_rate == dst_rate or len(x) == 0:
         return x.astype(np.float32, copy=False)
     n_out = int(round(len(x) * dst_rate / src_rate))
-    pad = min(len(x), 1024)  # zero padding keeps the periodic FFT from wrapping the ends together
-    padded = np.concatenate([np.zeros(pad, np.float32), x.astype(np.float32), np.zeros(pad, np.float32)])
-    n_padded_out = int(round(len(padded) * dst_rate / src_rate))
+    # The padding and the padded length are multiples of src/gcd (so the clip starts on an output
+    # sample and the output length is the exact rate ratio), the latter with a cofactor that has
+    # only factors 2, 3, 5, so both FFT sizes are fast (a length with a large prime factor made a
+    # 2 s clip take ~50 ms). The zero padding keeps the periodic FFT from wrapping the ends together.
+    g = math.gcd(src_rate, dst_rate)
+    unit = src_rate // g
+    pad = unit * -(-min(len(x), 1024) // unit)
+    n_padded = unit * _smooth_at_least(-(-(len(x) + 2 * pad) // unit))
+    padded = np.concatenate([np.zeros(pad, np.float32), x.astype(np.float32), np.zeros(n_padded - len(x) - pad, np.float32)])
+    n_padded_out = n_padded // unit * (dst_rate // g)
     spectrum = np.fft.rfft(padded)
     keep = min(len(spectrum), n_padded_out // 2 + 1)
     out_spec = np.zeros(n_padded_out // 2 + 1, dtype=complex)
     out_spec[:keep] = spectrum[:keep]
     y = np.fft.irfft(out_spec, n_padded_out) * (n_padded_out / len(padded))
-    start = int(round(pad * dst_rate / src_rate))
+    start = pad // unit * (dst_rate // g)
     return y[start : start + n_out].astype(np.float32)
 
 

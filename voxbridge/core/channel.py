@@ -16,7 +16,7 @@ import logging
 import attrs
 import trio
 
-from .conversation import EchoGuard
+from .conversation import EchoGuard, name_prompt
 from .playback import FrameSink, Playback
 from .services import Services
 from .speaker import SpeakerInfo, SpeakerSession
@@ -147,6 +147,13 @@ class ChannelSession:
     def wake_phrases(self) -> tuple[str, ...]:
         s = self.services.settings
         return (s.general.bot_name, *s.conversation.wake_phrases)
+
+    def stt_prompt(self) -> str | None:
+        """In addressed mode, with [conversation].name_prompt: the bot's name and wake phrases as
+        the STT prompt, so Whisper writes "VoxBridge" rather than "Buck's Bridge"."""
+        if not self.services.settings.conversation.name_prompt or self.effective_mode()[0] != "addressed":
+            return None
+        return name_prompt(self.wake_phrases()) or None
 
     async def post(self, text: str) -> None:
         """Mirror a line to the text chat, if mirroring is on (failures are logged, not raised)."""

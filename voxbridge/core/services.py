@@ -35,8 +35,9 @@ Observer = Callable[[str, dict[str, Any]], None]
 
 def log_observer(kind: str, fields: dict[str, Any]) -> None:
     """Default observer: one key=value log line per event. `turn_played` is the per-turn
-    summary line, with every stage timing (ms from the end of the utterance)."""
-    parts = [f"{k}={v!r}" for k, v in fields.items() if k not in ("timings", "text")]
+    summary line, with every stage timing (ms from the end of the utterance; its `ended_at`, a
+    trio clock reading for benchmarks, is not logged)."""
+    parts = [f"{k}={v!r}" for k, v in fields.items() if k not in ("timings", "text", "ended_at")]
     if "text" in fields:
         parts.append(f"chars={len(str(fields['text']))}")  # what people said stays out of logs
     if kind == "turn_played":

@@ -2,6 +2,7 @@
 
     SpeakerSession.run     nursery: bounds this speaker's decodes and turns
     ├── Decode.run         early transcription, started at silence onset, void if speech resumes
+    │                      (only on spare capacity: when a decode worker is idle right then)
     └── run_turn  (each)   transcript -> store -> route -> agent -> speech
 
 The VAD+segmenter step runs in a worker thread (ONNX) under the shared VAD limiter. Discord
@@ -44,11 +45,25 @@ class SpeakerInfo:
     roles: frozenset[str] = frozenset()  # the member's role ids (agent and rule scoping)
 
 
-class Decode:
-    """One transcription in flight, awaitable by the turn that needs its result."""
+def has_spare_capacity(stt) -> bool:
+    """A decode worker is idle and nobody waits for one (engines without a limiter, the remote
+    ones, always say yes: their capacity is the server's business)."""
+    limiter = getattr(stt, "limiter", None)
+    if limiter is None:
+        return True
+    return limiter.available_tokens > 0 and limiter.statistics().tasks_waiting == 0
 
-    def __init__(self, stt, audio: np.ndarray, utterance: int, early: bool):
+
+class Decode:
+    """One transcription in flight, awaitable by the turn that needs its result.
+
+    An early decode is speculative: it starts only if a worker is idle at the moment it would
+    start (checked again in `run`, right before it takes the worker, with no yield in between);
+    otherwise it is `skipped` and the final decode runs when the utterance ends."""
+
+    def __init__(self, stt, audio: np.ndarray, utterance: int, early: bool, prompt: str | None = None):
         self.stt = stt
+        self.prompt = prompt  # addressed mode: the bot's name, so Whisper spells it as written
         self.audio = audio
         self.utterance = utterance
         self.early = early
@@ -58,11 +73,16 @@ class Decode:
         self.error: SttError | None = None
         self.started_at = trio.current_time()
         self.finished_at: float | None = None
+        self.speculative = early  # until the utterance really ends with this audio
+        self.skipped = False
 
     async def run(self) -> None:
         try:
+            if self.speculative and not has_spare_capacity(self.stt):
+                self.skipped = True
+                return
             with self.scope:
-                self.result = await self.stt.transcribe(self.audio)
+                self.result = await self.stt.transcribe(self.audio, prompt=self.prompt)
         except SttError as exc:
             self.error = exc
         finally:
@@ -98,7 +118,7 @@ class SpeakerSession:
         self._pending_len = 0
         self._early: Decode | None = None
         self._last_speech_at: float | None = None
-        self.stats = {"utterances": 0, "early_used": 0, "early_cancelled": 0, "dropped_utterances": 0}
+        self.stats = {"utterances": 0, "early_used": 0, "early_cancelled": 0, "early_skipped": 0, "dropped_utterances": 0}
 
     async def run(self) -> None:
         from .turn import run_turn
@@ -159,8 +179,11 @@ class SpeakerSession:
             self.channel.on_speech_started(self.info)
         elif isinstance(event, SilenceStarted):
             self._cancel_early()
-            self._early = Decode(stt, event.audio, event.utterance, early=True)
-            self._nursery.start_soon(self._early.run)
+            if has_spare_capacity(stt):  # speculative work only on an idle worker
+                self._early = Decode(stt, event.audio, event.utterance, early=True, prompt=self.channel.stt_prompt())
+                self._nursery.start_soon(self._early.run)
+            else:
+                self.stats["early_skipped"] += 1
         elif isinstance(event, (SpeechResumed, UtteranceDropped)):
             if self._cancel_early():
                 self.stats["early_cancelled"] += 1
@@ -171,13 +194,17 @@ class SpeakerSession:
             self.stats["utterances"] += 1
             early = self._early
             self._early = None
+            if early is not None and early.skipped:
+                self.stats["early_skipped"] += 1
+                early = None
             if event.early and early is not None and early.utterance == event.utterance:
                 decode = early
+                decode.speculative = False  # needed now: it runs even if it has not started yet
                 self.stats["early_used"] += 1
             else:
                 if early is not None:
                     early.cancel()
-                decode = Decode(stt, event.audio, event.utterance, early=False)
+                decode = Decode(stt, event.audio, event.utterance, early=False, prompt=self.channel.stt_prompt())
                 self._nursery.start_soon(decode.run)
             vad_ms = round((ended_at - self._last_speech_at) * 1000) if self._last_speech_at is not None else None
             self._nursery.start_soon(self._run_turn, self.channel, self.info, event, decode, ended_at, vad_ms)

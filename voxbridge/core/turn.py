@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -42,6 +43,10 @@ from .speaker import Decode, SpeakerInfo
 log = logging.getLogger("voxbridge.turn")
 
 OnText = Callable[[str], Awaitable[None]]
+# An agent that has not finished its first sentence this long after its first text gets its
+# first words spoken anyway (cut at a comma or after FIRST_CHUNK_WORDS words).
+FIRST_CHUNK_WAIT_S = 0.25
+FIRST_CHUNK_WORDS = 6
 
 
 @attrs.define
@@ -86,24 +91,50 @@ class _Speech:
         self.enqueued = False
         self.text_finished = False
         self.spoken_text = False  # any clause of an agent's answer reached the splitter
+        self.first_text_at: float | None = None
+        self.clauses = 0
         self.tts_errors = 0
+        self.said: list[str] = []  # notices spoken (the failure notice), for `voxbridge say`
 
     def _ms(self) -> int:
         return round((trio.current_time() - self.ended_at) * 1000)
 
     async def on_text(self, text: str) -> None:
         self.spoken_text = True
+        if self.first_text_at is None:
+            self.first_text_at = trio.current_time()
         for clause in self.splitter.feed(text):
             self._clause(clause)
 
     def say(self, text: str) -> None:
         """Queue whole sentences (notices, broadcast answers) after what is pending."""
+        self.said.append(text)
         for clause in self.splitter.feed(text + "\n"):
             self._clause(clause)
 
     def _clause(self, clause: str) -> None:
         self.timings.setdefault("first_clause_ms", self._ms())
+        self.clauses += 1
         self.clauses_send.send_nowait(clause)
+
+    async def _next_clause(self) -> str:
+        """The next clause; while none has come yet, an agent slow to finish its first sentence
+        has its first words cut off as a short first chunk (FIRST_CHUNK_WAIT_S after its first
+        text) so synthesis starts. Raises EndOfChannel after the last clause."""
+        retry_at = 0.0
+        while not self.clauses and not self.text_finished:
+            if self.first_text_at is None:  # no text yet: look again later
+                deadline = trio.current_time() + FIRST_CHUNK_WAIT_S
+            else:
+                deadline = max(self.first_text_at + FIRST_CHUNK_WAIT_S, retry_at)
+            with trio.move_on_at(deadline):
+                return await self.clauses_receive.receive()
+            slow = self.first_text_at is not None and trio.current_time() >= self.first_text_at + FIRST_CHUNK_WAIT_S
+            if slow and not self.clauses:
+                for clause in self.splitter.first_chunk(FIRST_CHUNK_WORDS):
+                    self._clause(clause)
+                retry_at = trio.current_time() + 0.05  # not enough words yet: look again shortly
+        return await self.clauses_receive.receive()
 
     def drop_partial(self) -> None:
         self.splitter.flush()
@@ -122,12 +153,16 @@ class _Speech:
         tts = self.services.tts if self.playback is not None else None
         try:
             async with self.answer.send:
-                async for clause in self.clauses_receive:
+                while True:
+                    try:
+                        clause = await self._next_clause()
+                    except trio.EndOfChannel:
+                        break
                     if tts is None:
                         continue
                     try:
-                        speech = await tts.synthesize(clause)
-                        pcm = await trio.to_thread.run_sync(to_discord_pcm, speech.audio, speech.rate)
+                        pcm, synth_s = await _synthesize_pcm(tts, clause)
+                        self.timings.setdefault("tts_first_synth_ms", round(synth_s * 1000))
                     except TtsError as exc:
                         self.tts_errors += 1
                         log.warning("event=tts_failed turn=%s error=%r", self.answer.turn_id, str(exc))
@@ -170,6 +205,30 @@ class _Speech:
     def stop_cue(self) -> None:
         if self.cue is not None and not self.cue.done.is_set():
             self.cue.stop(interrupted=False)
+
+
+async def _synthesize_pcm(tts, clause: str) -> tuple[bytes, float]:
+    """A clause as Discord PCM, and the seconds synthesis and conversion took in the worker.
+    Engines with a blocking `synthesize_sync` (Piper) do both in one worker call, so the audio
+    is ready one thread hop after the clause; others synthesize, then convert in a thread."""
+    sync = getattr(tts, "synthesize_sync", None)
+    if sync is None or getattr(tts, "limiter", None) is None:
+        t0 = time.perf_counter()
+        speech = await tts.synthesize(clause)
+        pcm = await trio.to_thread.run_sync(to_discord_pcm, speech.audio, speech.rate)
+        return pcm, time.perf_counter() - t0
+
+    def work() -> tuple[bytes, float]:
+        t0 = time.perf_counter()
+        speech = sync(clause)
+        return to_discord_pcm(speech.audio, speech.rate), time.perf_counter() - t0
+
+    try:
+        return await trio.to_thread.run_sync(work, limiter=tts.limiter)
+    except TtsError:
+        raise
+    except Exception as exc:
+        raise TtsError(f"{tts.name} failed on a {len(clause)}-character clause: {type(exc).__name__}: {exc}") from exc
 
 
 async def run_turn(channel, speaker: SpeakerInfo, utterance: UtteranceEnded, decode: Decode, ended_at: float,
@@ -272,9 +331,17 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
         if on_decision:
             on_decision(decision)
         history = list(start.history)
-        await store.mark_routed(turn.turn_id, {"turn_id": turn.turn_id, "method": decision.method, "rule_id": decision.rule_id,
-                                               "agent_ids": list(decision.agent_ids), "latency_ms": decision.latency_ms},
-                                agent_id=",".join(decision.agent_ids) or None, route_method=decision.method, rule_id=decision.rule_id)
+        # The decision is written while the request goes out (one thread hop before it leaves,
+        # the begin_turn above); every later write of this turn waits until it is recorded.
+        route_recorded = trio.Event()
+
+        async def record_route() -> None:
+            await store.mark_routed(turn.turn_id, {"turn_id": turn.turn_id, "method": decision.method, "rule_id": decision.rule_id,
+                                                   "agent_ids": list(decision.agent_ids), "latency_ms": decision.latency_ms},
+                                    agent_id=",".join(decision.agent_ids) or None, route_method=decision.method,
+                                    rule_id=decision.rule_id)
+            route_recorded.set()
+
         status = "routed"
         services.emit("turn_routed", turn=turn.turn_id, user=speaker.user_name, agent=",".join(decision.agent_ids) or "-",
                       method=decision.method, rule=decision.rule_id, skipped=list(decision.skipped))
@@ -292,7 +359,8 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
 
         outcome = TurnOutcome(turn.turn_id, "failed", decision, speech=speech)
         timings["agent_request_ms"] = ms()
-        async with trio.open_nursery() as nursery:  # bounds this turn's TTS task (and thinking cue)
+        async with trio.open_nursery() as nursery:  # bounds this turn's route record, TTS task (and thinking cue)
+            nursery.start_soon(record_route)
             nursery.start_soon(speech.run_tts)
             if room is not None and services.settings.conversation.thinking_cue and playback is not None:
                 nursery.start_soon(speech.thinking_cue)
@@ -301,6 +369,7 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
                 answered, error = await call(services, agents_cfg, decision, turn, payload_for, speech, text_out, timings, ms)
             finally:
                 speech.finish_text()
+            await route_recorded.wait()  # "routed" is never written over "answered"/"failed"
             if answered is not None:
                 reply, agent_ids, flags = answered
                 timings["agent_done_ms"] = ms()
@@ -331,7 +400,7 @@ async def answer_transcript(services, speaker: SpeakerInfo, transcript: Transcri
             timings["interrupted"] = speech.answer.interrupted
             await store.update_turn(turn.turn_id, timings=timings)
             services.emit("turn_played", turn=turn.turn_id, user=speaker.user_name, status=status,
-                          interrupted=speech.answer.interrupted, timings=dict(timings))
+                          interrupted=speech.answer.interrupted, timings=dict(timings), ended_at=ended_at)
         return outcome
     except BaseException as exc:
         cancelled = _only_cancelled(exc)

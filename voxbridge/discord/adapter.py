@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
@@ -153,12 +154,6 @@ async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, toke
         bot = make_bot(settings)
         app = VoxApp(settings, daemon.control, bridge, bot)
         wire(app)
-        tok = bridge.token
-        # Signals arrive on the host loop (asyncio owns the wakeup fd) and are passed to trio.
-        loop.add_signal_handler(signal.SIGHUP, lambda: tok.run_sync_soon(
-            lambda: nursery.start_soon(daemon.reloader.reload_now, "sighup")))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: tok.run_sync_soon(daemon.request_stop))
 
         async def discord_client():
             try:
@@ -181,4 +176,9 @@ async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, toke
         daemon.on_ownership = lambda ownership: setattr(app, "ownership", ownership)
         return DiscordVoice(app)
 
+    # Signals arrive on the host loop (asyncio owns the wakeup fd) and are passed to trio from the
+    # start: one arriving while models load is deferred (SIGHUP) or stops after start-up (SIGTERM).
+    tok = trio.lowlevel.current_trio_token()
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, functools.partial(tok.run_sync_soon, daemon.on_signal, sig))
     return await daemon.run(voice_factory=discord_voice, signals=False)

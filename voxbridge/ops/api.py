@@ -1,4 +1,5 @@
-"""The control API, served on trio (h11, `voxbridge/net/http_server.py`), 127.0.0.1:4900 by default.
+"""The control API, served on trio by hypercorn (`voxbridge/net/asgi_server.py`: read and
+keep-alive timeouts, a connection cap), 127.0.0.1:4900 by default.
 
     GET  /health         liveness + readiness of STT, store, Discord (200 ready, 503 not)
     GET  /status         {"status": ...}; with the bearer token: channels, speakers, turns in
@@ -12,6 +13,10 @@
 
 Errors are JSON `{"error": "...", "detail": "..."}` with a 4xx status; an unexpected failure is a
 500 with a generic message (the traceback goes to the log, never to the client).
+
+Ids are validated before anything uses them (file names, log lines, Discord calls): with Discord
+voice, `guild_id`/`channel_id` are snowflakes (1-20 digits); with simulated channels they match
+`SIM_ID_RE` (a letter or digit, then letters, digits, `_` or `-`; at most 64). Anything else: 422.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from typing import Any
+
+import trio
 
 from ..config import find_secret
 from ..core.control import Control, ControlError
@@ -28,6 +36,8 @@ from ..net.http_server import Request, ResponseWriter
 log = logging.getLogger("voxbridge.api")
 
 MAX_TEXT = 4000
+SNOWFLAKE_RE = re.compile(r"[0-9]{1,20}")
+SIM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 class ApiError(Exception):
@@ -41,7 +51,8 @@ def resolve_api_token(settings, env: dict[str, str] | None = None) -> str | None
 
 class ControlApi:
     def __init__(self, control: Control, voice, metrics, reloader, *, token: str | None, readiness, max_body: int = 65536,
-                 ownership=None):
+                 ownership=None, body_timeout_s: float = 10.0):
+        self.body_timeout_s = body_timeout_s  # the whole body must arrive within this
         self.ownership = ownership  # scale-out: forward /voice/speak to the guild's owner
         self.control = control
         self.voice = voice  # LocalVoice or the Discord adapter's voice backend
@@ -75,6 +86,8 @@ class ControlApi:
             body = json.loads(req.body or b"")
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+        except RecursionError:  # "[[[[...": deeper than the parser's recursion limit
+            raise ApiError(400, "malformed_json", "the body's JSON is nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "the body must be a JSON object")
         return body
@@ -90,7 +103,66 @@ class ControlApi:
             raise ApiError(422, "invalid_field", f"{key!r} is longer than {max_len} characters")
         return value.strip()
 
+    def _id(self, body: dict, key: str) -> str:
+        """A guild or channel id: a snowflake with Discord voice, else the simulated-id pattern."""
+        value = self._str(body, key)
+        if getattr(self.voice, "kind", "") == "discord":
+            if not SNOWFLAKE_RE.fullmatch(value):
+                raise ApiError(422, "invalid_field", f"{key!r} must be a Discord id (1-20 digits)")
+        elif not SIM_ID_RE.fullmatch(value):
+            raise ApiError(422, "invalid_field", f"{key!r} must be 1-64 letters, digits, '_' or '-' "
+                                                 "(starting with a letter or digit)")
+        return value
+
     async def handle(self, req: Request, resp: ResponseWriter) -> None:
+        """The API on the h11 server's interface (kept for loopback peers built on it)."""
+        status, headers, data = await self.respond(req)
+        await resp.start(status, headers, length=len(data))
+        await resp.send(data)
+        await resp.end()
+
+    async def asgi(self, scope, receive, send) -> None:
+        """The API as an ASGI app (what hypercorn serves)."""
+        if scope["type"] != "http":
+            return  # no lifespan or websocket here
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        body = bytearray()
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            body = bytearray(self.max_body + 1)  # refused below without reading it
+        else:
+            with trio.move_on_after(self.body_timeout_s) as waited:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    if len(body) > self.max_body or not message.get("more_body"):
+                        break
+            if waited.cancelled_caught:
+                data = json.dumps({"error": "request_timeout", "detail": f"the body did not arrive within {self.body_timeout_s:g}s"}).encode()
+                await send({"type": "http.response.start", "status": 408,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                                        (b"connection", b"close")]})
+                await send({"type": "http.response.body", "body": data})
+                return
+        target = scope.get("raw_path") or scope["path"].encode()
+        path = target.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+        req = Request(method=scope["method"], path=path, headers=headers, body=bytes(body[: self.max_body + 1]))
+        status, out_headers, data = await self.respond(req)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in out_headers.items()] + [(b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def serve(self, api_settings, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve on [api].host:port until cancelled; `task_status.started` reports the bound port."""
+        from ..net.asgi_server import AsgiServer
+
+        self.server = AsgiServer(self.asgi, max_connections=api_settings.max_connections,
+                                 read_timeout_s=api_settings.read_timeout_s, keep_alive_s=api_settings.keep_alive_s)
+        await self.server.serve(api_settings.host, api_settings.port, task_status=task_status)
+
+    async def respond(self, req: Request) -> tuple[int, dict[str, str], bytes]:
         path = req.path.split("?", 1)[0]
         try:
             if len(req.body) > self.max_body:
@@ -115,9 +187,7 @@ class ControlApi:
             data, ctype = json.dumps(body).encode(), ctype or "application/json"
         else:
             data = body.encode() if isinstance(body, str) else body
-        await resp.start(status, {"content-type": ctype or "text/plain", **extra}, length=len(data))
-        await resp.send(data)
-        await resp.end()
+        return status, {"content-type": ctype or "text/plain", **extra}, data
 
     # --- endpoints ------------------------------------------------------------------------------
     async def health(self, req):
@@ -143,7 +213,7 @@ class ControlApi:
 
     async def join(self, req):
         body = self._json_body(req)
-        guild, channel = self._str(body, "guild_id"), self._str(body, "channel_id")
+        guild, channel = self._id(body, "guild_id"), self._id(body, "channel_id")
         try:
             await self.voice.join(guild, channel)
         except ControlError as exc:
@@ -152,7 +222,7 @@ class ControlApi:
 
     async def leave(self, req):
         body = self._json_body(req)
-        guild = self._str(body, "guild_id")
+        guild = self._id(body, "guild_id")
         if self.control.channel(guild) is None:
             raise ApiError(404, "not_in_voice", f"not in a voice channel in guild {guild}")
         info = await self.voice.leave(guild)
@@ -160,7 +230,7 @@ class ControlApi:
 
     async def speak(self, req):
         body = self._json_body(req)
-        guild = self._str(body, "guild_id")
+        guild = self._id(body, "guild_id")
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ApiError(422, "invalid_field", "'text' must be a non-empty string")

@@ -7,6 +7,7 @@ player would; what it played is kept and, on leave, written to <state_dir>/recor
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from ..core.playback import PlayerBuffer
 
 log = logging.getLogger("voxbridge.voice")
 MAX_RECORDING_S = 3600
+
+
+def _safe(part: str) -> str:
+    """One file-name component: letters, digits, '_' and '-' only (no '/', no '..')."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(part))[:64] or "_"
 
 
 class LocalVoice:
@@ -65,7 +71,8 @@ class LocalVoice:
         scope.cancel()
         info = {"played_s": round(len(recording) / (DISCORD_RATE * 4), 2)}
         if self.recordings is not None and recording:
-            name = f"{guild_id}-{channel.channel_id if channel else 'channel'}-{time.strftime('%Y%m%dT%H%M%S')}.wav"
+            # The API validates ids; the file name is made safe here too, whoever called us.
+            name = f"{_safe(guild_id)}-{_safe(channel.channel_id) if channel else 'channel'}-{time.strftime('%Y%m%dT%H%M%S')}.wav"
             path = self.recordings / name
             await trio.to_thread.run_sync(write_wav, path, bytes(recording), DISCORD_RATE, 2)
             info["recording"] = str(path)

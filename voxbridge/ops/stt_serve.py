@@ -3,10 +3,14 @@
 Serves the local engine (faster-whisper, CapacityLimiter, `max_concurrent_transcriptions`
 workers) over two protocols:
 - WebSocket (`ws://host:4901`): a JSON header `{"type": "transcribe", "language", "rate",
-  "format": "s16le"}` then one binary message of PCM -> `{"type": "transcript", "text", ...}`;
+  "channels", "format": "s16le", "bytes": N}` then the PCM in binary messages until N bytes
+  (without "bytes": one binary message) -> `{"type": "transcript", "text", "confidence", ...}`;
   `{"type": "status"}` -> load (in flight, waiting, served, errors, clients);
 - Wyoming (`tcp://host:10300`): describe/info and transcribe/audio-start/audio-chunk/audio-stop ->
   transcript, so Home Assistant or another VoxBridge (`[stt].backend = "wyoming"`) can use it.
+Audio may be any rate, mono or stereo (downmixed); at most MAX_AUDIO_S seconds per request,
+whatever the rate. `info` lists the configured `[stt].language` (or, when it is empty, what
+the model can transcribe).
 Concurrent requests from all clients share the engine's workers; with batching (default on CUDA,
 `--batch`), requests arriving together are decoded as one batch (`voxbridge/stt/batching.py`).
 """
@@ -25,13 +29,31 @@ from ..errors import SttError
 from ..net.wyoming import WyomingConnection, WyomingError
 
 log = logging.getLogger("voxbridge.stt_serve")
-MAX_AUDIO_BYTES = STT_RATE * 2 * 120  # two minutes of 16 kHz s16le per request
+MAX_AUDIO_S = 120  # per request, at any rate
+MAX_AUDIO_BYTES = STT_RATE * 2 * MAX_AUDIO_S  # two minutes of 16 kHz s16le mono
+WS_MAX_MESSAGE = 4 << 20  # one-message clients: two minutes of 16 kHz mono fits
+
+
+def max_audio_bytes(rate: int, channels: int = 1) -> int:
+    return MAX_AUDIO_S * rate * 2 * channels
 
 
 class SttServer:
-    def __init__(self, engine):
+    def __init__(self, engine, language: str | None = None):
         self.engine = engine
+        self.language = language  # the configured [stt].language ("" = auto-detect)
         self.load = {"in_flight": 0, "served": 0, "errors": 0, "clients": 0}
+
+    def languages(self) -> list[str]:
+        if self.language:
+            return [self.language]
+        engine = getattr(self.engine, "engine", self.engine)  # BatchingStt wraps the local engine
+        ct2 = getattr(getattr(engine, "model", None), "model", None)  # faster-whisper's ctranslate2 model
+        if not getattr(ct2, "is_multilingual", False):  # tiny.en and the other *.en models
+            return ["en"]
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        return sorted(_LANGUAGE_CODES)
 
     def status(self) -> dict:
         limiter = getattr(self.engine, "limiter", None)
@@ -41,10 +63,14 @@ class SttServer:
                 "device": getattr(self.engine, "device", None),
                 "batching": dict(self.engine.stats) if hasattr(self.engine, "stats") and "batches" in self.engine.stats else None}
 
-    async def transcribe(self, pcm: bytes, rate: int, language: str | None) -> dict:
-        if len(pcm) > MAX_AUDIO_BYTES * max(1, rate // STT_RATE):
-            raise SttError("audio longer than two minutes")
-        audio = pcm16_to_float(pcm)
+    async def transcribe(self, pcm: bytes, rate: int, language: str | None, channels: int = 1) -> dict:
+        if not 4000 <= rate <= 192_000 or channels not in (1, 2):
+            raise SttError(f"unsupported audio: {rate} Hz, {channels} channels (4-192 kHz, mono or stereo)")
+        if len(pcm) > max_audio_bytes(rate, channels):
+            raise SttError(f"audio longer than {MAX_AUDIO_S} seconds")
+        audio = pcm16_to_float(pcm[: len(pcm) - len(pcm) % 2])
+        if channels == 2:
+            audio = audio[: len(audio) - len(audio) % 2].reshape(-1, 2).mean(axis=1)
         if rate != STT_RATE:
             audio = await trio.to_thread.run_sync(resample, audio, rate, STT_RATE)
         self.load["in_flight"] += 1
@@ -72,15 +98,34 @@ class SttServer:
                 except ValueError:
                     await ws.send_message(json.dumps({"type": "error", "error": "expected a JSON header"}))
                     continue
+                if not isinstance(header, dict):
+                    await ws.send_message(json.dumps({"type": "error", "error": "expected a JSON object header"}))
+                    continue
                 if header.get("type") == "status":
                     await ws.send_message(json.dumps(self.status()))
                     continue
-                pcm = await ws.get_message()
-                if not isinstance(pcm, (bytes, bytearray)):
+                try:
+                    rate, channels = int(header.get("rate") or STT_RATE), int(header.get("channels") or 1)
+                    expected = int(header["bytes"]) if header.get("bytes") is not None else None
+                except (TypeError, ValueError):
+                    await ws.send_message(json.dumps({"type": "error", "error": "rate, channels and bytes must be integers"}))
+                    return
+                if expected is not None and not 0 < expected <= max_audio_bytes(rate, max(1, channels)):
+                    await ws.send_message(json.dumps({"type": "error", "error": f"audio longer than {MAX_AUDIO_S} seconds"}))
+                    return  # the client is sending the PCM anyway: close rather than read it
+                pcm = bytearray()
+                while True:  # one message, or several up to `bytes`
+                    part = await ws.get_message()
+                    if not isinstance(part, (bytes, bytearray)):
+                        break
+                    pcm += part
+                    if expected is None or len(pcm) >= expected:
+                        break
+                if not isinstance(part, (bytes, bytearray)) or (expected is not None and len(pcm) != expected):
                     await ws.send_message(json.dumps({"type": "error", "error": "expected binary PCM after the header"}))
                     continue
                 try:
-                    reply = await self.transcribe(bytes(pcm), int(header.get("rate") or STT_RATE), header.get("language"))
+                    reply = await self.transcribe(bytes(pcm), rate, header.get("language"), channels)
                 except SttError as exc:
                     reply = {"type": "error", "error": str(exc)}
                 await ws.send_message(json.dumps(reply))
@@ -93,32 +138,38 @@ class SttServer:
     async def wyoming(self, stream: trio.SocketStream) -> None:
         conn = WyomingConnection(stream)
         self.load["clients"] += 1
-        language, rate, pcm = None, STT_RATE, bytearray()
+        language, rate, channels, pcm = None, STT_RATE, 1, bytearray()
         try:
             while True:
                 event = await conn.receive()
                 if event.type == "describe":
                     await conn.send("info", {"asr": [{"name": "voxbridge", "description": "VoxBridge stt-serve",
                                                       "installed": True, "attribution": {"name": "VoxBridge", "url": ""},
-                                                      "models": [{"name": "whisper", "languages": ["en"], "installed": True,
+                                                      "models": [{"name": "whisper", "languages": self.languages(), "installed": True,
                                                                   "description": "faster-whisper",
                                                                   "attribution": {"name": "faster-whisper", "url": ""}}]}]})
                 elif event.type == "transcribe":
                     language = event.data.get("language")
                 elif event.type == "audio-start":
-                    rate, pcm = int(event.data.get("rate", STT_RATE)), bytearray()
-                    if int(event.data.get("width", 2)) != 2 or int(event.data.get("channels", 1)) != 1:
-                        await conn.send("error", {"text": "send 16-bit mono audio"})
+                    try:
+                        rate, width = int(event.data.get("rate", STT_RATE)), int(event.data.get("width", 2))
+                        channels = int(event.data.get("channels", 1))
+                    except (TypeError, ValueError):
+                        width = 0
+                    pcm = bytearray()
+                    if width != 2 or channels not in (1, 2) or not 4000 <= rate <= 192_000:
+                        await conn.send("error", {"text": "send 16-bit mono or stereo audio at 4-192 kHz"})
                         return
                 elif event.type == "audio-chunk":
                     pcm += event.payload
-                    if len(pcm) > MAX_AUDIO_BYTES * 3:
-                        await conn.send("error", {"text": "audio too long"})
+                    if len(pcm) > max_audio_bytes(rate, channels):
+                        await conn.send("error", {"text": f"audio longer than {MAX_AUDIO_S} seconds"})
                         return
                 elif event.type == "audio-stop":
                     try:
-                        reply = await self.transcribe(bytes(pcm), rate, language)
-                        await conn.send("transcript", {"text": reply["text"], "language": reply["language"]})
+                        reply = await self.transcribe(bytes(pcm), rate, language, channels)
+                        await conn.send("transcript", {"text": reply["text"], "language": reply["language"],
+                                                       "confidence": reply["confidence"]})
                     except SttError as exc:
                         await conn.send("error", {"text": str(exc)})
                     pcm = bytearray()
@@ -147,8 +198,9 @@ async def serve(settings, *, host: str = "127.0.0.1", ws_port: int = 4901, wyomi
         if batch:
             engine = BatchingStt(engine)
             await nursery.start(engine.run)
-        server = SttServer(engine)
-        ws = await nursery.start(functools.partial(serve_websocket, server.websocket, host, ws_port, ssl_context=None))
+        server = SttServer(engine, settings.stt.language)
+        ws = await nursery.start(functools.partial(serve_websocket, server.websocket, host, ws_port, ssl_context=None,
+                                                   max_message_size=WS_MAX_MESSAGE))
         ports = {"websocket": ws.port}
         if wyoming_port is not None:
             listeners = await nursery.start(functools.partial(trio.serve_tcp, server.wyoming, wyoming_port, host=host))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 from ..errors import ConfigError
@@ -34,20 +35,83 @@ MIGRATIONS = [
 ]
 
 
+class _Connections:
+    """A small connection pool of our own: an idle connection is reused, a missing one is made
+    on demand in the calling thread (milliseconds), one that failed is dropped, never repaired.
+
+    psycopg_pool refills in a background worker whose reconnect back-off grows from 1 s when
+    attempts fail: with connections killed every 0.3 s it starved, and callers got PoolTimeout
+    after 10 s (transcripts lost). Here a killed connection fails one call; the Store facade
+    retries it with a fresh connection. Concurrency is bounded by the facade's limiter (`size`)."""
+
+    def __init__(self, url: str, size: int):
+        self.url = url
+        self.size = size
+        self._idle: list = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def connection(self):
+        """A connection in a transaction: committed on success, rolled back on error."""
+        import psycopg
+
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = psycopg.connect(self.url, autocommit=False, connect_timeout=5)
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            if conn.broken:
+                self._discard(conn)
+            else:
+                self._rollback(conn)
+            raise
+        else:
+            self._put_back(conn)
+
+    def _rollback(self, conn) -> None:
+        try:
+            conn.rollback()
+        except Exception:
+            self._discard(conn)
+        else:
+            self._put_back(conn)
+
+    def _put_back(self, conn) -> None:
+        with self._lock:
+            if not self._closed and not conn.closed and len(self._idle) < self.size:
+                self._idle.append(conn)
+                return
+        self._discard(conn)
+
+    @staticmethod
+    def _discard(conn) -> None:
+        try:
+            conn.close()
+        except Exception:  # already gone
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+
 class PostgresStore(SqlStore):
     placeholder = "%s"
 
     def __init__(self, url: str, pool_size: int = 4):
         try:
             import psycopg  # noqa: F401
-            from psycopg_pool import ConnectionPool
         except ImportError:
             raise ConfigError("[store].url", "PostgreSQL needs the `postgres` extra: pip install 'voxbridge[postgres]'") from None
         self.max_concurrency = pool_size
-        self.pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=10,
-                                   check=ConnectionPool.check_connection,  # drop connections the server killed
-                                   kwargs={"autocommit": False, "connect_timeout": 5})
-        self.pool.wait(timeout=10)
+        self.pool = _Connections(url, pool_size)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -60,7 +124,6 @@ class PostgresStore(SqlStore):
                 if version > current:
                     cur.execute(sql)
                     cur.execute("insert into voxbridge_schema (version) values (%s)", (version,))
-            conn.commit()
 
     @contextmanager
     def _transaction(self, write: bool = False):

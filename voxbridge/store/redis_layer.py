@@ -40,6 +40,7 @@ class RedisLayer:
         self.prefix = prefix
         self.stats = {"cache_hits": 0, "cache_misses": 0, "redis_errors": 0}
         self._last_warning = 0.0
+        self.closed = False  # set by close(): listeners (the reload broadcast) stop instead of failing
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)  # everything not cached goes straight to the store
@@ -125,5 +126,6 @@ class RedisLayer:
         return pubsub
 
     def close(self) -> None:
+        self.closed = True
         self._safe(self.client.close)
         self.inner.close()

@@ -4,6 +4,11 @@ One `WhisperModel` is shared by every speaker; decodes run in worker threads und
 CapacityLimiter sized `max_concurrent_transcriptions` (and the model gets as many CTranslate2
 workers, so they truly run in parallel). faster-whisper's `transcribe()` is a lazy generator,
 so it is consumed inside the worker thread, never on the event loop.
+
+A cancelled decode (an early decode made void because speech resumed, a timed-out one) stops at
+the next step boundary: CTranslate2 cannot be interrupted inside `encode`/`generate`, so the
+model is wrapped to check the calling thread's cancel flag before each of those calls (and
+between segments), and the worker is released there instead of after the whole decode.
 """
 
 from __future__ import annotations
@@ -44,6 +49,45 @@ def resolve_model(model: str) -> str:
     return model  # a faster-whisper size name; faster-whisper resolves/downloads it
 
 
+class DecodeDiscarded(Exception):
+    """A cancelled decode stopped at a step boundary (its result would have been thrown away)."""
+
+
+_current = threading.local()  # the cancel flag of the decode running in this worker thread
+
+
+def _check_cancelled() -> None:
+    flag = getattr(_current, "cancelled", None)
+    if flag is not None and flag.is_set():
+        raise DecodeDiscarded()
+
+
+class _StepCheckedModel:
+    """The CTranslate2 Whisper model behind faster-whisper, checking the calling thread's cancel
+    flag before each encode/generate step; everything else passes through."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, *args, **kwargs):
+        _check_cancelled()
+        return self._inner.encode(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        _check_cancelled()
+        return self._inner.generate(*args, **kwargs)
+
+
+def step_checked(model):
+    """Wrap a loaded WhisperModel's CTranslate2 model (idempotent) so cancelled decodes stop early."""
+    if not isinstance(model.model, _StepCheckedModel):
+        model.model = _StepCheckedModel(model.model)
+    return model
+
+
 def cuda_available() -> bool:
     try:
         import ctranslate2
@@ -64,7 +108,11 @@ class LocalWhisper:
         self.compute_type = ct if ct != "auto" else ("float16" if self.device == "cuda" else "int8")
         self.limiter = trio.CapacityLimiter(settings.max_concurrent_transcriptions)
         self.model = None
-        self.stats = {"transcribed": 0, "dropped": 0, "errors": 0}
+        # decodes: started in a worker; discarded: cancelled ones stopped at a step boundary;
+        # decode_s: worker seconds spent decoding; wasted_s: of those, on results thrown away
+        self.stats = {"transcribed": 0, "dropped": 0, "errors": 0, "decodes": 0, "discarded": 0,
+                      "decode_s": 0.0, "wasted_s": 0.0}
+        self._stats_lock = threading.Lock()  # worker threads update the decode counters
 
     async def load(self) -> None:
         t0 = time.perf_counter()
@@ -79,33 +127,51 @@ class LocalWhisper:
         from faster_whisper import WhisperModel
 
         try:
-            return WhisperModel(
+            return step_checked(WhisperModel(
                 self.model_ref,
                 device=self.device,
                 compute_type=self.compute_type,
                 cpu_threads=self.settings.cpu_threads,
                 num_workers=self.settings.max_concurrent_transcriptions,
-            )
+            ))
         except Exception as exc:
             raise SttError(f"cannot load STT model {self.model_ref!r} on {self.device}: {exc}") from exc
 
     def transcribe_sync(self, audio: np.ndarray, language: str | None, prompt: str | None, cancelled: threading.Event | None = None) -> Transcript:
-        """Blocking decode (call from a worker thread). Checks `cancelled` between segments."""
+        """Blocking decode (call from a worker thread). Once `cancelled` is set, the decode stops
+        at the next step (before feature extraction, encode, each generate, between segments)
+        and raises DecodeDiscarded."""
         t0 = time.perf_counter()
-        segments_iter, info = self.model.transcribe(
-            audio.astype(np.float32, copy=False),
-            language=language or None,
-            beam_size=self.settings.beam_size,
-            vad_filter=False,  # our own VAD already cut the utterance
-            condition_on_previous_text=False,
-            initial_prompt=prompt or None,
-            without_timestamps=True,
-        )
-        segments = []
-        for seg in segments_iter:
-            segments.append((seg.text, seg.no_speech_prob, seg.avg_logprob))
-            if cancelled is not None and cancelled.is_set():
-                break
+        _current.cancelled = cancelled
+        with self._stats_lock:
+            self.stats["decodes"] += 1
+        try:
+            _check_cancelled()
+            step_checked(self.model)
+            segments_iter, info = self.model.transcribe(
+                audio.astype(np.float32, copy=False),
+                language=language or None,
+                beam_size=self.settings.beam_size,
+                vad_filter=False,  # our own VAD already cut the utterance
+                condition_on_previous_text=False,
+                initial_prompt=prompt or None,
+                without_timestamps=True,
+            )
+            segments = []
+            for seg in segments_iter:
+                segments.append((seg.text, seg.no_speech_prob, seg.avg_logprob))
+                _check_cancelled()
+        except DecodeDiscarded:
+            with self._stats_lock:
+                self.stats["discarded"] += 1
+            raise
+        finally:
+            _current.cancelled = None
+            spent = time.perf_counter() - t0
+            with self._stats_lock:
+                self.stats["decode_s"] += spent
+                if cancelled is not None and cancelled.is_set():
+                    self.stats["wasted_s"] += spent
         decode_s = time.perf_counter() - t0
         reason = drop_reason(segments, no_speech_threshold=self.settings.no_speech_threshold) if segments else "empty"
         text = "" if reason else " ".join(t.strip() for t, _, _ in segments).strip()
@@ -144,6 +210,8 @@ class LocalWhisper:
         except trio.Cancelled:
             cancelled.set()
             raise
+        except DecodeDiscarded:  # cancelled without trio noticing (cannot happen; be explicit)
+            raise SttError("transcription was cancelled") from None
         except SttError:
             self.stats["errors"] += 1
             raise

@@ -1,7 +1,10 @@
 """Remote STT backends: Wyoming (tcp://), OpenAI-compatible (http://), VoxBridge stt-serve (ws://).
 
-All send 16 kHz mono s16le and share the endpoint pool (least outstanding, failover). A remote
-peer cannot be asked to forget, so cancellation just drops the connection.
+All send 16 kHz mono s16le and share the endpoint pool (least outstanding, failover; each
+attempt has its share of `timeout_s`). A remote peer cannot be asked to forget, so cancellation
+just drops the connection. What comes back goes through the same hallucination filter as the
+local engine (`filters.remote_drop_reason`); a confidence the server sends is kept. Any failure
+is an SttError (it fails its turn, never the channel).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import time
 import wave
 
@@ -19,12 +23,15 @@ import trio
 from ..audio import STT_RATE
 from ..audio.convert import float_to_pcm16
 from ..errors import SttError
-from ..net.endpoints import EndpointPool, bearer_headers
+from ..net.endpoints import EndpointPool, bearer_headers, describe_error
 from ..net.wyoming import WyomingConnection, WyomingError
 from . import Transcript
+from .filters import remote_drop_reason
 
 log = logging.getLogger("voxbridge.stt")
 RETRYABLE = (OSError, WyomingError, trio.BrokenResourceError, trio.TooSlowError, httpx.TransportError, ConnectionError)
+WS_CHUNK = 256 * 1024  # stt-serve takes the PCM in messages of at most this size (its limit: 1 MiB)
+MAX_AUDIO_S = 120  # stt-serve's limit per request
 
 
 class _Remote:
@@ -44,16 +51,31 @@ class _Remote:
         lang = self.settings.language if language is None else language
         t0 = time.perf_counter()
         try:
-            with trio.fail_after(self.settings.timeout_s):
-                text, detected = await self.pool.call(lambda ep: self._one(ep, pcm16k_mono, lang), RETRYABLE)
-        except (ConnectionError, trio.TooSlowError) as exc:
+            reply = await self.pool.call(lambda ep: self._one(ep, pcm16k_mono, lang), RETRYABLE,
+                                         timeout_s=self.settings.timeout_s, what="transcript")
+            text, detected, confidence, segments = reply if len(reply) == 4 else (*reply, None, None)
+        except SttError:
             self.stats["errors"] += 1
-            raise SttError(f"{self.name} STT failed: {exc}") from None
-        text = (text or "").strip()
-        self.stats["transcribed" if text else "dropped"] += 1
-        return Transcript(text=text, language=detected or lang or "", confidence=1.0 if text else 0.0,
+            raise
+        except Exception as exc:  # ConnectionError from the pool, or anything a peer provoked
+            self.stats["errors"] += 1
+            raise SttError(f"{self.name} STT failed: {describe_error(exc)}") from None
+        text = " ".join((text or "").split())
+        if confidence is None and segments:
+            confidence = math.exp(sum(lp for _, _, lp in segments) / len(segments))
+        reason = remote_drop_reason(text, pcm16k_mono, confidence=confidence, segments=segments,
+                                    no_speech_threshold=self.settings.no_speech_threshold)
+        if reason:
+            self.stats["dropped"] += 1
+            log.info("event=stt_dropped reason=%s backend=%s duration_s=%.2f", reason, self.name, len(pcm16k_mono) / STT_RATE)
+        else:
+            self.stats["transcribed"] += 1
+        if confidence is None:
+            confidence = 1.0  # the server did not say (Wyoming): what it sent is all there is
+        return Transcript(text="" if reason else text, language=detected or lang or "",
+                          confidence=0.0 if reason else round(min(1.0, max(0.0, float(confidence))), 3),
                           duration_s=round(len(pcm16k_mono) / STT_RATE, 3),
-                          timings={"decode_s": round(time.perf_counter() - t0, 4)}, dropped="" if text else "empty")
+                          timings={"decode_s": round(time.perf_counter() - t0, 4)}, dropped=reason)
 
 
 class WyomingStt(_Remote):
@@ -73,8 +95,8 @@ class WyomingStt(_Remote):
             await conn.send("audio-stop", {})
             while True:
                 event = await conn.receive()
-                if event.type == "transcript":
-                    return event.data.get("text", ""), event.data.get("language")
+                if event.type == "transcript":  # stt-serve also sends its confidence
+                    return str(event.data.get("text") or ""), event.data.get("language"), _confidence(event.data.get("confidence")), None
                 if event.type == "error":
                     raise SttError(f"wyoming server error: {event.data.get('text', '')[:200]}")
         finally:
@@ -114,7 +136,16 @@ class OpenAiStt(_Remote):
             body = resp.json()
         except ValueError:
             return resp.text, None
-        return body.get("text", ""), body.get("language")
+        if not isinstance(body, dict):
+            raise SttError("openai STT answered JSON that is not an object")
+        segments = None
+        if isinstance(body.get("segments"), list):  # verbose_json: judge like the local engine
+            try:
+                segments = [(str(g.get("text", "")), float(g.get("no_speech_prob", 0.0)), float(g.get("avg_logprob", 0.0)))
+                            for g in body["segments"]]
+            except (TypeError, ValueError, AttributeError):
+                segments = None
+        return str(body.get("text") or ""), body.get("language"), _confidence(body.get("confidence")), segments
 
 
 class WebsocketStt(_Remote):
@@ -123,12 +154,38 @@ class WebsocketStt(_Remote):
     name = "websocket"
 
     async def _one(self, endpoint: str, audio: np.ndarray, language: str | None):
-        from trio_websocket import open_websocket_url
+        """The header, then the PCM in messages of at most WS_CHUNK bytes (a 45 s utterance is
+        1.4 MB: over the 1 MiB a websocket message may have). A rejected handshake, a closed
+        connection or a timeout is a ConnectionError (the next endpoint is tried)."""
+        from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-        async with open_websocket_url(endpoint, connect_timeout=5, disconnect_timeout=2) as ws:
-            await ws.send_message(json.dumps({"type": "transcribe", "language": language, "rate": STT_RATE, "format": "s16le"}))
-            await ws.send_message(float_to_pcm16(audio).tobytes())
-            reply = json.loads(await ws.get_message())
-        if reply.get("type") == "error":
-            raise SttError(f"stt-serve: {reply.get('error')}")
-        return reply.get("text", ""), reply.get("language")
+        if len(audio) > MAX_AUDIO_S * STT_RATE:
+            raise SttError(f"utterance of {len(audio) / STT_RATE:.0f}s is longer than stt-serve's {MAX_AUDIO_S}s limit")
+        pcm = float_to_pcm16(audio).tobytes()
+        header = {"type": "transcribe", "language": language, "rate": STT_RATE, "channels": 1, "format": "s16le", "bytes": len(pcm)}
+        try:
+            async with open_websocket_url(endpoint, connect_timeout=5, disconnect_timeout=2) as ws:
+                await ws.send_message(json.dumps(header))
+                for i in range(0, len(pcm), WS_CHUNK):
+                    await ws.send_message(pcm[i : i + WS_CHUNK])
+                message = await ws.get_message()
+        except (HandshakeError, ConnectionClosed) as exc:
+            raise ConnectionError(f"websocket {describe_error(exc)}") from None
+        except BaseExceptionGroup as group:  # trio-websocket's internal nursery
+            if group.subgroup(lambda e: not isinstance(e, Exception)) is not None:
+                raise  # a Cancelled inside: not ours to swallow
+            leaf = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise ConnectionError(f"websocket {describe_error(leaf)}") from None
+        try:
+            reply = json.loads(message)
+        except (ValueError, TypeError):
+            raise SttError("stt-serve answered something that is not JSON") from None
+        if not isinstance(reply, dict) or reply.get("type") == "error":
+            raise SttError(f"stt-serve: {reply.get('error') if isinstance(reply, dict) else 'unexpected answer'}")
+        return str(reply.get("text") or ""), reply.get("language"), _confidence(reply.get("confidence")), None
+
+
+def _confidence(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1 else None

@@ -4,6 +4,10 @@ A clause ends at . ! ? … or a newline when the next character is whitespace (s
 "example.com/a.b" never split) and the word before the period is not a known abbreviation
 ("Dr.", "e.g.") or a single initial ("J. Smith"). Over `max_chars` without such an end, the text
 is cut at the last comma/semicolon/colon, else the last space, so synthesis can start.
+
+`first_chunk()` is for an agent that is slow to finish its first sentence: the words so far are
+cut at the first comma/semicolon/colon (after two words or more), else after `words` complete
+words, so the first audio does not wait for the sentence to end.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ ABBREVIATIONS = {
 }
 
 _END = re.compile(r"([.!?…]+[\"')\]]*)(\s+)|(\n+)")
+_SOFT_END = re.compile(r"[,;:](\s+)")
+_WORD_END = re.compile(r"\S+\s+")
 
 
 class ClauseSplitter:
@@ -41,6 +47,22 @@ class ClauseSplitter:
             if clause:
                 out.append(clause)
         return out
+
+    def first_chunk(self, words: int = 6) -> list[str]:
+        """A short first clause from an unfinished sentence, or [] if there is not enough yet.
+
+        Only complete words count (a word is complete once whitespace follows it)."""
+        buf = self._buf
+        done = [m.end() for m in _WORD_END.finditer(buf)]
+        comma = next((m for m in _SOFT_END.finditer(buf) if len(buf[: m.start()].split()) >= 2), None)
+        if comma and (len(done) < words or comma.end() <= done[words - 1]):
+            cut = comma.end()
+        elif len(done) >= words:
+            cut = done[words - 1]
+        else:
+            return []
+        clause, self._buf = buf[:cut].strip(), buf[cut:].lstrip()
+        return [clause] if clause else []
 
     def flush(self) -> list[str]:
         """The stream ended: whatever is left is the last clause."""
