@@ -116,3 +116,12 @@ class ThreadedVoiceClient:
 
         self._thread = threading.Thread(target=run, daemon=True, name="audio-player")
         self._thread.start()
+
+
+def add_voice_channel(guild: discord.Guild, channel_id: int, name: str) -> discord.VoiceChannel:
+    """Another voice channel in the offline guild (as a GUILD_CREATE payload would carry it)."""
+    channel = discord.VoiceChannel(state=guild._state, guild=guild, data={
+        "id": str(channel_id), "type": 2, "name": name, "position": len(guild.channels), "permission_overwrites": [],
+        "bitrate": 64000, "user_limit": 0, "guild_id": str(guild.id)})
+    guild._add_channel(channel)
+    return channel
