@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import discord
 
 ROLE_FIELDS = {"color": 0, "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
@@ -77,45 +74,6 @@ class RecordingResponse(discord.InteractionResponse):
 
     async def send_autocomplete_result(self, *, choices):
         self.records.append({"choices": [c.name for c in choices]})
-
-
-class ThreadedVoiceClient:
-    """Stands in for discord.VoiceClient's threads only: `play()` starts a player thread that
-    calls `source.read()` every 20 ms exactly like py-cord's AudioPlayer, until it returns b""."""
-
-    def __init__(self):
-        self.sink = None
-        self.output: list[bytes] = []
-        self.plays = 0
-        self._thread: threading.Thread | None = None
-
-    def is_connected(self):
-        return True
-
-    def is_playing(self):
-        return self._thread is not None and self._thread.is_alive()
-
-    def start_recording(self, sink):
-        self.sink = sink
-
-    def is_recording(self):
-        return self.sink is not None
-
-    def play(self, source):
-        self.plays += 1
-
-        def run():
-            start, n = time.perf_counter(), 0
-            while True:
-                data = source.read()
-                if not data:
-                    return
-                self.output.append(data)
-                n += 1
-                time.sleep(max(0, start + n * 0.02 - time.perf_counter()))
-
-        self._thread = threading.Thread(target=run, daemon=True, name="audio-player")
-        self._thread.start()
 
 
 def add_voice_channel(guild: discord.Guild, channel_id: int, name: str) -> discord.VoiceChannel:
