@@ -15,7 +15,11 @@ as Discord clients send). Measured:
 - connect: `join_voice` until connected (handshake, IP discovery).
 
 Variants, in one run: an idle daemon (one member at a time) and a busy one (all members at once
-plus CPU-burning Python threads contending for the GIL). The STT is the fast fake of the tests
+plus CPU-burning Python threads contending for the GIL); each with DAVE off and with DAVE on
+(`--dave both`, the default; `off` / `on` for one): with DAVE on the server plays the voice
+gateway's MLS external-sender role (tests/dave_gateway.py), the members are real davey sessions
+that E2EE every Opus frame, and VoxBridge's receiver decrypts them with the bot's davey session
+(`dave settle s`: members added until every session is ready; the spurts start after that). The STT is the fast fake of the tests
 (the measurement is the receive path, not whisper). Prints a table, writes JSON; asserts nothing.
 """
 
@@ -126,7 +130,7 @@ def burn_native(stop: threading.Event) -> None:
 
 
 def run_variant(name: str, settings, *, members: int, spurts: int, concurrent: bool, burners: int,
-                spurt_s: float, pause_s: float, native: bool = False) -> dict:
+                spurt_s: float, pause_s: float, native: bool = False, dave: bool = False) -> dict:
     uids = [101 + i for i in range(members)]
     audio = {uid: talk_spurt(spurt_s, uid) for uid in uids}
     stop = threading.Event()
@@ -134,11 +138,20 @@ def run_variant(name: str, settings, *, members: int, spurts: int, concurrent: b
 
     async def main(loop):
         t0 = time.perf_counter()
-        async with open_wire_session(loop, settings, stt=FastFakeStt(), tts=False, agents=False) as w:
+        async with open_wire_session(loop, settings, stt=FastFakeStt(), tts=False, agents=False,
+                                     server_options={"dave": dave}) as w:
             connect_s = time.perf_counter() - t0
             srv = w.server
             for uid in uids:
                 srv.add_member(uid, f"member{uid}")
+            t1 = time.perf_counter()
+            if dave:
+                with trio.fail_after(60):
+                    while True:  # no event to wait on: the sessions live in py-cord and davey
+                        if srv.dave_settled():
+                            break
+                        await trio.sleep(0.01)
+            settle_s = time.perf_counter() - t1
             for t in threads:
                 t.start()
 
@@ -156,11 +169,15 @@ def run_variant(name: str, settings, *, members: int, spurts: int, concurrent: b
                         await member(uid, 0)
             await trio.sleep(1.0)  # late frames still count
             ssrcs = {uid: srv.members[uid].ssrc for uid in uids}
-            return connect_s, dict(srv.packets_sent), {u: list(v) for u, v in srv.speech_starts.items()}, ssrcs
+            held = getattr(w.app, "guild_voice", {}).get(w.guild.id)
+            extra = {"dave_settle_s": settle_s if dave else math.nan,
+                     "e2ee_frames_sent": sum(srv.dave.e2ee_sent.values()) if dave else 0,
+                     "receiver_dave_errors": held.receiver.stats["dave_errors"] if held else None}
+            return connect_s, dict(srv.packets_sent), {u: list(v) for u, v in srv.speech_starts.items()}, ssrcs, extra
 
     with PushRecorder() as rec:
         try:
-            connect_s, sent, starts, ssrcs = run_guest(main)
+            connect_s, sent, starts, ssrcs, extra = run_guest(main)
         finally:
             stop.set()
             for t in threads:
@@ -172,7 +189,7 @@ def run_variant(name: str, settings, *, members: int, spurts: int, concurrent: b
     missing = sum(x is None for v in by_spurt.values() for x in v)
     total_sent = sum(sent.get(u, 0) for u in uids)
     delivered = sum(len(rec.times.get(u, [])) for u in uids)
-    return {"variant": name, "members": members, "concurrent": concurrent, "burner_threads": burners, "native_burn": native,
+    return {"variant": name, "dave": dave, **extra, "members": members, "concurrent": concurrent, "burner_threads": burners, "native_burn": native,
             "spurts": sum(len(starts.get(u, [])) for u in uids), "frames_sent": total_sent,
             "frames_delivered": delivered, "delivered_ratio": delivered / total_sent if total_sent else math.nan,
             "first_frame_p50_ms": pct(delays, 50), "first_frame_p99_ms": pct(delays, 99),
@@ -190,6 +207,8 @@ def main():
     p.add_argument("--spurt-s", type=float, default=1.2)
     p.add_argument("--pause-s", type=float, default=0.8)
     p.add_argument("--burners", type=int, default=2, help="CPU-burning threads in the busy variant")
+    p.add_argument("--dave", choices=("both", "off", "on"), default="both",
+                   help="DAVE (E2EE, real MLS handshake) off, on, or each variant with both (default)")
     p.add_argument("--out", default="bench-out/bench_discord.json")
     args = p.parse_args()
 
@@ -203,21 +222,25 @@ def main():
                 ("all members at once", True, 0, False),
                 (f"busy: all + {args.burners} native CPU threads", True, args.burners, True),
                 (f"busy: all + {args.burners} Python CPU threads", True, args.burners, False)):
-            rows.append(run_variant(name, settings, members=args.members, spurts=args.spurts, concurrent=concurrent,
-                                    burners=burners, spurt_s=args.spurt_s, pause_s=args.pause_s, native=native))
+            for dave in {"both": (False, True), "off": (False,), "on": (True,)}[args.dave]:
+                rows.append(run_variant(name, settings, members=args.members, spurts=args.spurts,
+                                        concurrent=concurrent, burners=burners, spurt_s=args.spurt_s,
+                                        pause_s=args.pause_s, native=native, dave=dave))
 
-    header = f"{'variant':<36} {'spurts':>6} {'sent':>6} {'deliv.':>6} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'missing':>7} {'1st sp.':>7} {'later99':>7} {'sock99':>7} {'conn s':>6}"
+    header = f"{'variant':<36} {'DAVE':>4} {'spurts':>6} {'sent':>6} {'deliv.':>6} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'missing':>7} {'1st sp.':>7} {'later99':>7} {'sock99':>7} {'conn s':>6} {'settle':>6} {'e2ee':>6} {'d.err':>5}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<36} {r['spurts']:>6} {r['frames_sent']:>6} {r['frames_delivered']:>6} "
+        print(f"{r['variant']:<36} {'on' if r['dave'] else 'off':>4} {r['spurts']:>6} {r['frames_sent']:>6} {r['frames_delivered']:>6} "
               f"{r['delivered_ratio']:>6.3f} {r['first_frame_p50_ms']:>8.1f} {r['first_frame_p99_ms']:>8.1f} "
               f"{r['first_frame_max_ms']:>8.1f} {r['spurts_without_frame']:>7} {r['first_spurt_p50_ms']:>7.1f} "
-              f"{r['later_spurts_p99_ms']:>7.1f} {r['to_socket_thread_p99_ms']:>7.1f} {r['connect_s']:>6.2f}")
+              f"{r['later_spurts_p99_ms']:>7.1f} {r['to_socket_thread_p99_ms']:>7.1f} {r['connect_s']:>6.2f} {r['dave_settle_s']:>6.2f} {r['e2ee_frames_sent']:>6} {r['receiver_dave_errors']!s:>5}")
     print("\nsent = member RTP packets on the wire; delivered = PCM frames reaching SpeakerHandle.push;")
     print("first frame = first packet of a talk spurt sent -> first PCM frame of that member pushed (p50/p99 over spurts with a frame);")
     print("1st sp. = p50 over each member's first spurt (SSRC just mapped), later99 = p99 over the later spurts;")
     print("native CPU threads release the GIL (like whisper/ONNX); Python CPU threads hold it (worst case for py-cord's threads);")
+    print("DAVE on: settle = members added -> every davey session ready (s); e2ee = member frames sent E2EE;")
+    print("d.err = frames VoxBridge's receiver could not DAVE-decrypt (concealed);")
     print("sock99 = p99 of first packet sent -> it reaches VoiceReceiver.on_packet on py-cord's socket thread (nan: no such stage)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,11 @@ class DaveHub(DaveRouter):
     def __init__(self, channel_id: int):
         super().__init__(DaveGatewayRole(channel_id))
         self.to_bot: list[Outbound] = []
+        # `tamper_bot(op, payload)`: a fault on the wire for a binary DAVE message to the bot
+        # (return the changed payload, or None to drop it); e.g. a corrupt commit (op 29).
+        self.tamper_bot: Callable[[int, bytes], bytes | None] | None = None
+        self.reader: int | None = None  # the member whose session decrypts the bot (None: any)
+        self.e2ee_sent: Counter[int] = Counter()  # per member: Opus frames sent E2EE
 
     def deliver(self, outbound: list[Outbound]) -> None:
         for msg in outbound:
@@ -161,20 +166,29 @@ class DaveHub(DaveRouter):
         self.deliver(self._from_client(BOT_ID, msg))
         self.pump()
 
+    @staticmethod
+    def downgraded(member: DaveMember) -> bool:
+        """The member executed a transition to protocol version 0: it sends transport-only Opus."""
+        return member.state.dave_protocol_version == 0
+
     def encrypt(self, uid: int, frame: bytes) -> bytes:
-        """A member's Opus frame, E2EE once its session is ready (silence frames stay clear)."""
+        """A member's Opus frame, E2EE once its session is ready (silence frames stay clear),
+        transport-only after a downgrade to protocol version 0."""
         member = self.members.get(uid)
-        if member is None or not member.ready or frame == OPUS_SILENCE:
+        if member is None or not member.ready or frame == OPUS_SILENCE or self.downgraded(member):
             return frame
+        self.e2ee_sent[uid] += 1
         return member.encrypt_opus(frame)
 
     def decrypt_bot(self, _uid: int, frame: bytes) -> bytes:
-        """The bot's frame as a member hears it; frames without DAVE's 0xFAFA marker pass through."""
+        """The bot's frame as a member hears it; frames without DAVE's 0xFAFA marker pass through.
+        After a downgrade the members hear transport-only Opus: an E2EE frame then is an error."""
         if frame[-2:] != b"\xfa\xfa":
             return frame
-        reader = next((m for m in self.members.values() if m.ready), None)
+        readers = [self.members[self.reader]] if self.reader in self.members else self.members.values()
+        reader = next((m for m in readers if m.ready and not self.downgraded(m)), None)
         if reader is None:
-            raise ValueError("a DAVE frame from the bot before any member's session is ready")
+            raise ValueError("a DAVE frame from the bot while no member's session is ready (or after a downgrade)")
         return reader.decrypt(BOT_ID, frame)
 
 
@@ -339,6 +353,21 @@ class DiscordVoiceServer:
         return bool(self.dave and session is not None and session.ready
                     and all(m.ready for m in self.dave.members.values()))
 
+    def dave_settled(self) -> bool:
+        """`dave_ready()`, no transition open, and every fake member in the gateway's group."""
+        role = self.dave.role
+        return (self.dave_ready() and not role.pending_transitions()
+                and set(self.dave.members) | {BOT_ID} == set(role.members))
+
+    async def downgrade_dave(self) -> None:
+        """The call downgrades to protocol version 0 (transport encryption only): op 21 to all,
+        op 23 back from each, then op 22 (the members are served by the DaveHub synchronously)."""
+        self.dave_protocol_version = 0
+        self.dave.deliver(self.dave.role.prepare_downgrade())
+        self.dave.pump()
+        self.counters["dave_downgrades"] += 1
+        await self._flush_dave()
+
     async def _flush_dave(self) -> None:
         """Send what the DAVE role has for the bot, in order, over its voice websocket."""
         async with self._dave_lock:
@@ -346,8 +375,13 @@ class DiscordVoiceServer:
                 msg = self.dave.to_bot.pop(0)
                 if msg.payload is None:
                     await self._send(msg.op, msg.d)
-                else:
-                    await self._send_binary(msg)
+                    continue
+                if self.dave.tamper_bot is not None:
+                    payload = self.dave.tamper_bot(msg.op, msg.payload)
+                    if payload is None:
+                        continue
+                    msg = dataclasses.replace(msg, payload=payload)
+                await self._send_binary(msg)
 
     async def member_leave(self, uid: int) -> None:
         """op 13 on the voice websocket, then VOICE_STATE_UPDATE with no channel."""
@@ -569,6 +603,7 @@ class DiscordVoiceServer:
         elif op == Op.SPEAKING:
             self.bot_speaking.append(int(d.get("speaking", 0)))
         elif op in (23, 31) and self.dave is not None:  # DAVE ready for transition / invalid commit
+            self.counters[f"dave_op_{op}"] += 1
             self.dave.from_bot({"op": op, "d": d})
             await self._flush_dave()
         elif op == Op.RESUME:

@@ -279,26 +279,3 @@ def test_other_bot_in_channel_is_not_heard(settings, stt, piper, speech):
     assert_heard(LINES[11][1], alice)
     assert robot_turns == [] and "21" not in speakers
 
-
-def test_dave_e2ee_both_ways_heard_and_answered(settings, stt, piper, speech):
-    """DAVE v1 for real: the server is the MLS external sender (tests/dave_gateway.py), the member
-    runs py-cord's own DAVE handlers over davey; its Opus is E2EE inside the transport encryption,
-    and the bot's answer is E2EE too (decrypted with the member's session before decoding)."""
-    pcm = speech.discord(LINES[11][1], lead_silence_s=0.0, tail_silence_s=0.8)
-
-    async def body(w):
-        w.server.add_member(11, "alice")
-        with trio.fail_after(WAIT_S):
-            while not w.server.dave_ready():
-                await trio.sleep(0.05)
-        await w.server.speak(11, pcm)
-        turns = await wait_turns(w, 11)
-        await wait_bot_done(w, played=1)
-        heard = await transcribe_pcm(stt, w.server.bot_audio())
-        return turns, heard, w.server.counters.copy(), w.vc.is_dave_connection()
-
-    turns, heard, counters, dave = run_wire(settings, stt, piper, body, server_options={"dave": True})
-    assert dave and counters["dave_binary_sent"] > 0 and counters["bot_e2ee_frames"] > 0, (counters, turns)
-    assert counters["bot_dave_errors"] == 0
-    assert_heard(LINES[11][1], turns)
-    find_in_order([turns[0]["response"]], heard)

@@ -13,6 +13,9 @@ Found by driving the real `VoiceClient` against a loopback Discord voice server
   call `start_recording`; `receive.VoiceReceiver` is its own pipeline.
 - Without py-cord's reader, a member leaving (op 13) makes `_remove_ssrc` touch
   `MISSING.speaking_timer` and the exception kills the voice websocket's poller: guarded here.
+- After a DAVE downgrade to protocol version 0 (op 21/22) py-cord keeps E2EE-encrypting what the
+  bot says (its davey session is still "ready"), so members that left DAVE cannot decode it:
+  `_get_voice_packet` sends transport-only Opus while the connection's protocol version is 0.
 
 `VoxAudioSource.read()` runs on py-cord's player thread every 20 ms: it returns the next frame
 from the channel's `PlayerBuffer`, silence during a short gap inside an answer, and b"" once the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import select
+import struct
 from collections.abc import Callable
 
 import discord
@@ -46,6 +50,7 @@ def install_pycord_fixes() -> None:
         return
     voice_state_module.SocketReader._do_run = _prompt_do_run
     voice_client_module.VoiceClient._remove_ssrc = _remove_ssrc
+    voice_client_module.VoiceClient._get_voice_packet = _get_voice_packet
     _installed = True
 
 
@@ -89,6 +94,18 @@ def _remove_ssrc(self, *, user_id: int) -> None:
         if self._reader:
             self._reader.speaking_timer.drop_ssrc(ssrc)
         self._ssrc_to_id.pop(ssrc, None)
+
+
+def _get_voice_packet(self, data) -> bytes:
+    """`VoiceClient._get_voice_packet`, with DAVE E2EE only while the call's protocol is DAVE."""
+    conn = self._connection
+    session = conn.dave_session
+    if session and session.ready and conn.dave_protocol_version > 0:
+        data = session.encrypt_opus(data)
+    header = bytearray(12)
+    header[0], header[1] = 0x80, 0x78
+    struct.pack_into(">HII", header, 2, self.sequence, self.timestamp, self.ssrc)
+    return getattr(self, f"_encrypt_{self.mode}")(header, data)
 
 
 class VoxAudioSource(discord.AudioSource):
