@@ -172,3 +172,13 @@ async def test_unsupported_mode_is_counted_not_decoded(mode):
     rx.on_packet(seal(0, tone_frames(1)[0]))
     await settle()
     assert got == [] and rx.stats["unsupported_mode"] == 1
+
+
+async def test_e2ee_frame_without_a_ready_dave_session_is_concealed_not_decoded():
+    rx, vc, got, clock = await make_receiver()
+    frames = tone_frames(3)
+    rx.on_packet(seal(0, frames[0]))
+    rx.on_packet(seal(1, b"\x91" * 37 + b"\x05\xfa\xfa", nonce=1))  # DAVE layout, no session to open it
+    rx.on_packet(seal(2, frames[2], nonce=2))
+    await settle()
+    assert len(got) == 3 and rx.stats["dave_errors"] == 1 and rx.stats["opus_errors"] == 0

@@ -35,6 +35,7 @@ import trio
 log = logging.getLogger("voxbridge.discord.receive")
 
 OPUS_SILENCE = b"\xf8\xff\xfe"
+DAVE_MAGIC = b"\xfa\xfa"  # the last two bytes of every DAVE-encrypted frame (its supplemental data)
 SUPPORTED_MODE = "aead_xchacha20_poly1305_rtpsize"
 HOLD_S = 0.04  # how long a packet that overtook a missing one waits for it
 MAX_CONCEAL = 5  # frames of loss filled in (100 ms); a longer gap is a discontinuity
@@ -291,6 +292,11 @@ class VoiceReceiver:
                 # conceal; never hand cipher bytes to Opus
                 self.stats["dave_errors"] += 1
                 opus = None
+        elif opus.endswith(DAVE_MAGIC):
+            # an E2EE frame while our session is not (yet, or again) ready: after op 31, before
+            # the welcome. Concealed, never decoded as Opus.
+            self.stats["dave_errors"] += 1
+            opus = None
         try:
             pcm = s.decoder.decode(opus, fec=False)
         except Exception:
