@@ -93,7 +93,7 @@ class LivePrinter:
         who = str(fields.get("user", ""))[:10]
         line = None
         if kind == "turn_transcribed":
-            line = f'{who:<10} said  "{fields["text"]}"  (stt {fields["stt_ms"]} ms after end of speech, conf {fields["confidence"]:.2f})'
+            line = f'{who:<10} said  "{fields["text"]}"  (stt {fields["stt_ms"]} ms after the pause ended the utterance, conf {fields["confidence"]:.2f})'
         elif kind == "turn_routed":
             line = f'{who:<10} route → {fields["agent"]} ({fields["method"]})'
         elif kind == "turn_answered":
@@ -103,7 +103,7 @@ class LivePrinter:
         elif kind == "turn_played":
             tm = fields.get("timings", {})
             parts = [f"{k.removesuffix('_ms')} {tm[k]}" for k in ("stt_ms", "routed_ms", "agent_first_byte_ms", "first_clause_ms", "tts_first_audio_ms", "first_frame_ms") if k in tm]
-            line = f'{who:<10} played{" (interrupted)" if fields.get("interrupted") else ""}  ms after end of speech: ' + ", ".join(parts)
+            line = f'{who:<10} played{" (interrupted)" if fields.get("interrupted") else ""}  ms after the pause ended the utterance: ' + ", ".join(parts)
         elif kind == "turn_not_routed":
             line = f'{who:<10} not routed ({fields["reason"]}, mode {fields["mode"]})'
         elif kind == "mirror":
