@@ -45,8 +45,9 @@ def embed(title: str, description: str = "", fields: list[tuple[str, str]] | Non
     return e
 
 
-async def reply(ctx: discord.ApplicationContext, work: Awaitable[discord.Embed]) -> None:
-    """Answer `ctx` with the embed `work` produces, ephemerally, within Discord's deadline."""
+async def reply(ctx: discord.ApplicationContext, work: Awaitable[discord.Embed], refused: str = "Not done") -> None:
+    """Answer `ctx` with the embed `work` produces, ephemerally, within Discord's deadline; a
+    `ControlError` is answered as an embed titled `refused` with its message."""
     task = asyncio.ensure_future(work)
     done, _ = await asyncio.wait({task}, timeout=DEFER_AFTER_S)
     if not done:
@@ -54,7 +55,7 @@ async def reply(ctx: discord.ApplicationContext, work: Awaitable[discord.Embed])
     try:
         answer = await task
     except ControlError as exc:
-        answer = embed("Not done", str(exc))
+        answer = embed(refused, str(exc))
     except Exception as exc:
         log.exception("event=command_failed command=%s", getattr(ctx.command, "qualified_name", "?"))
         answer = embed("Something went wrong", f"{type(exc).__name__}; the bot's log has the details.")
@@ -89,26 +90,20 @@ def build_commands(app: VoxApp) -> list:
     @discord.option("name", str, description="Agent", autocomplete=autocomplete_agents)
     async def agent_select(ctx: discord.ApplicationContext, name: str):
         async def work():
-            try:
-                view = await app.bridge.to_trio(control.select_agent, str(ctx.guild_id), str(ctx.author.id), name,
-                                                roles_of(ctx.author))
-            except ControlError as exc:
-                return embed("Agent not changed", str(exc))
+            view = await app.bridge.to_trio(control.select_agent, str(ctx.guild_id), str(ctx.author.id), name,
+                                            roles_of(ctx.author))
             return embed(f"You are talking to {view.name}", view.description)
 
-        await reply(ctx, work())
+        await reply(ctx, work(), refused="Agent not changed")
 
     @agent.command(name="info", description="About one agent")
     @discord.option("name", str, description="Agent", autocomplete=autocomplete_agents)
     async def agent_info(ctx: discord.ApplicationContext, name: str):
         async def work():
-            try:
-                v = control.agent_info(str(ctx.guild_id), name, roles_of(ctx.author))
-            except ControlError as exc:
-                return embed("Unknown agent", str(exc))
+            v = control.agent_info(str(ctx.guild_id), name, roles_of(ctx.author))
             return embed(v.name, v.description, [("id", v.id), ("kind", v.kind), ("health", v.circuit)])
 
-        await reply(ctx, work())
+        await reply(ctx, work(), refused="Unknown agent")
 
     @agent.command(name="clear", description="Go back to automatic routing")
     async def agent_clear(ctx: discord.ApplicationContext):
@@ -154,14 +149,14 @@ def build_commands(app: VoxApp) -> list:
                 return embed("Not allowed", "You may not bring the bot into voice channels here.")
             try:
                 await app.join_voice(channel)
-            except ControlError as exc:
-                return embed("Could not join", str(exc))
+            except ControlError:
+                raise  # reply() answers it under "Could not join"
             except Exception as exc:
                 log.warning("event=join_failed guild=%s error=%s", ctx.guild_id, type(exc).__name__)
                 return embed("Could not join", f"{type(exc).__name__}; check the bot's Connect/Speak permissions.")
             return embed(f"Listening in {channel.name}", "Talk to me; /agent select picks who answers.")
 
-        await reply(ctx, work())
+        await reply(ctx, work(), refused="Could not join")
 
     @discord.slash_command(name="leave", description="Send VoxBridge out of the voice channel",
                            contexts=GUILD_ONLY, default_member_permissions=MAY_CONNECT)
@@ -186,13 +181,10 @@ def build_commands(app: VoxApp) -> list:
                      if session and ctx.guild and session.channel_id.isdigit() else None)
             if session is not None and not may_move(ctx, where):  # same people who may move the bot
                 return embed("Not allowed", "You may not change how the bot listens here.")
-            try:
-                effective, why = control.set_mode(str(ctx.guild_id), None if mode == "auto" else mode)
-            except ControlError as exc:
-                return embed("Mode not changed", str(exc))
+            effective, why = control.set_mode(str(ctx.guild_id), None if mode == "auto" else mode)
             return embed(f"Mode: {effective}", why)
 
-        await reply(ctx, work())
+        await reply(ctx, work(), refused="Mode not changed")
 
     @vox.command(name="ignore-me", description="Stop (or start again) listening to you; remembered")
     async def ignore_me(ctx: discord.ApplicationContext):

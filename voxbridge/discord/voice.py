@@ -36,27 +36,34 @@ def roles_of(member: Any) -> frozenset[str]:
 class DiscordPlayback:
     """The channel's FrameSink on Discord: frames into the player buffer, py-cord's player thread
     started when audio arrives. Never waits forever: while the voice connection is down (or the
-    player has stopped taking frames) the audio is dropped and counted, and the answer ends."""
+    player has stopped taking frames) the audio is dropped, counted and logged once per outage."""
 
-    def __init__(self, vc: Any, buffer: PlayerBuffer, busy):
+    def __init__(self, vc: Any, buffer: PlayerBuffer, busy, guild_id: int):
         self.vc = vc
         self.buffer = buffer
         self.busy = busy
-        self.dropped_frames = 0
-        self.player_starts = 0
+        self.guild_id = guild_id
+        self.dropped_frames = 0  # in the current outage (logged when it ends)
 
     async def write(self, frame: bytes) -> None:
         if not self.vc.is_connected():
-            self.dropped_frames += 1
-            self.buffer.clear()
+            self._drop("disconnected")
             await trio.lowlevel.checkpoint()
             return
         await self._ensure_player()
         with trio.move_on_after(WRITE_STALL_S) as scope:
             await self.buffer.write(frame)
         if scope.cancelled_caught:
-            self.dropped_frames += 1
-            self.buffer.clear()
+            self._drop("player_stalled")
+        elif self.dropped_frames:
+            log.warning("event=voice_audio_dropped guild=%s frames=%d", self.guild_id, self.dropped_frames)
+            self.dropped_frames = 0
+
+    def _drop(self, reason: str) -> None:
+        if not self.dropped_frames:
+            log.warning("event=voice_audio_dropping guild=%s reason=%s", self.guild_id, reason)
+        self.dropped_frames += 1
+        self.buffer.clear()
 
     async def _ensure_player(self) -> None:
         """One player thread at a time: a new `play()` while the last one still sends its trailing
@@ -67,7 +74,6 @@ class DiscordPlayback:
                 return
             await trio.to_thread.run_sync(player.join, 0.5)  # finishing: 5 silence frames
         if self.vc.is_connected() and not self.vc.is_playing():
-            self.player_starts += 1
             self.vc.play(VoxAudioSource(self.buffer, self.busy))
 
     def clear(self) -> None:
@@ -100,12 +106,10 @@ class VoxApp:
         self.control = control
         self.bridge = bridge
         self.bot = bot
-        self.voice: dict[int, Any] = {}
         self.guild_voice: dict[int, GuildVoice] = {}
         self._alone_tasks: dict[int, asyncio.Task] = {}
         self.wanted: dict[int, int] = {}  # guild -> channel we intend to be in (for reconnects)
         self.ownership = None  # set by the daemon: with Redis, one instance owns a guild's voice
-        self.ignored_bot_frames = 0
 
     def _update_humans(self, guild_id: int) -> None:
         guild = self.bot.get_guild(guild_id)
@@ -150,8 +154,7 @@ class VoxApp:
             guild = self.bot.get_guild(guild_id)
             member = guild.get_member(user_id) if guild else None
             if member is not None and member.bot or (self.bot.user and user_id == self.bot.user.id):
-                self.ignored_bot_frames += 1  # other bots (music bots, other VoxBridges) are not people
-                return
+                return  # other bots (music bots, other VoxBridges) are not people
             name = getattr(member, "display_name", None) or uid
             handle = channel.add_speaker(uid, name, roles_of(member))
         if handle is not None:  # None while shutting down: nothing new is heard
@@ -173,7 +176,6 @@ class VoxApp:
         if vc is not None:
             await vc.disconnect(force=True)
         vc = await channel.connect(reconnect=True, timeout=30)
-        self.voice[guild.id] = vc
         await self._attach(guild.id, channel.id, vc)
         log.info("event=voice_joined guild=%s channel=%s", guild.id, channel.id)
 
@@ -182,7 +184,7 @@ class VoxApp:
         token = self.bridge.token
         buffer = PlayerBuffer(max(1, self.settings.playback.buffer_ms // FRAME_MS), token)
         box: dict[str, Any] = {}
-        playback = DiscordPlayback(vc, buffer, lambda: box["session"].playback.busy)
+        playback = DiscordPlayback(vc, buffer, lambda: box["session"].playback.busy, guild_id)
         session = await self.bridge.to_trio(self.control.join, str(guild_id), str(channel_id), playback)
         box["session"] = session
         self._update_humans(guild_id)
@@ -215,7 +217,6 @@ class VoxApp:
         if vc is not None:
             await vc.disconnect(force=True)
             left = True
-        self.voice.pop(guild.id, None)
         if self.ownership is not None:
             await self.bridge.to_trio(self.ownership.release, str(guild.id))
         return left
