@@ -182,6 +182,14 @@ def openai_messages(agent: AgentSpec, payload: dict) -> list[dict[str, str]]:
     return messages
 
 
+def auth_headers(agent: AgentSpec) -> dict[str, str]:
+    """The agent's configured headers, plus its API key as a bearer token (openai kind)."""
+    headers = dict(agent.headers)
+    if agent.api_key:
+        headers["authorization"] = f"Bearer {agent.api_key}"
+    return headers
+
+
 def build_request(agent: AgentSpec, payload: dict) -> tuple[bytes, dict[str, str]]:
     """The exact bytes and headers to POST (signed bytes must be the sent bytes)."""
     if agent.kind == "openai":
@@ -192,9 +200,8 @@ def build_request(agent: AgentSpec, payload: dict) -> tuple[bytes, dict[str, str
         body_obj = payload
         accept = "application/x-ndjson, application/json, text/event-stream, text/plain"
     body = json.dumps(body_obj, ensure_ascii=False).encode()
-    headers = {"content-type": "application/json", "accept": accept, "accept-encoding": ACCEPT_ENCODING, **agent.headers}
-    if agent.api_key:
-        headers["authorization"] = f"Bearer {agent.api_key}"
+    headers = {"content-type": "application/json", "accept": accept, "accept-encoding": ACCEPT_ENCODING,
+               **auth_headers(agent)}
     if agent.hmac_secret:
         headers.update(sign(agent.hmac_secret, body))
     return body, headers

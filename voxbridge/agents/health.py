@@ -13,6 +13,7 @@ import attrs
 import httpx
 import trio
 
+from .client import auth_headers
 from .config import AgentsConfig, AgentSpec
 
 
@@ -171,10 +172,7 @@ async def _probe_openai(agent: AgentSpec, http: httpx.AsyncClient, limit_s: floa
         if base.endswith(suffix):
             base = base[: -len(suffix)]
             break
-    headers = dict(agent.headers)
-    if agent.api_key:
-        headers["authorization"] = f"Bearer {agent.api_key}"
-    resp = await http.get(base + "/models", timeout=limit_s, headers=headers)
+    resp = await http.get(base + "/models", timeout=limit_s, headers=auth_headers(agent))
     if resp.status_code in (401, 403):
         return Probe(agent.id, "FAIL", f"the server refused the API key (GET /models HTTP {resp.status_code} in {ms()})")
     if resp.status_code != 200:
