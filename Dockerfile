@@ -14,7 +14,7 @@ WORKDIR /app
 COPY pyproject.toml README.md agents.toml ./
 COPY voxbridge ./voxbridge
 COPY config ./config
-RUN python3 -m pip install ".[piper,postgres,redis]"
+RUN python3 -m pip install ".[piper,postgres]"
 USER voxbridge
 ENV VOXBRIDGE_GENERAL__STATE_DIR=/home/voxbridge/state VOXBRIDGE_API__HOST=0.0.0.0
 EXPOSE 4900

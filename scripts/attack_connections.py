@@ -38,8 +38,10 @@ from pathlib import Path
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-HALF_SENT = (b"POST /voice/join HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-             b"Content-Length: 40\r\n")  # no blank line: the headers never end
+HALF_SENT = (
+    b"POST /voice/join HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 40\r\n"
+)  # no blank line: the headers never end
 
 
 def _free_port() -> int:
@@ -77,9 +79,16 @@ def _probe_health(port: int, timeout: float) -> float | None:
 
 
 def _start_daemon(work: Path, port: int, nofile: int, env_extra: dict[str, str]) -> subprocess.Popen:
-    (work / "agents.toml").write_text('[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:9/webhook/x"\n')
-    env = {**os.environ, "VOXBRIDGE_API__PORT": str(port), "VOXBRIDGE_STORE__URL": f"sqlite:///{work}/v.db",
-           "VOXBRIDGE_TTS__BACKEND": "none", **env_extra}
+    (work / "agents.toml").write_text(
+        '[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:9/webhook/x"\n'
+    )
+    env = {
+        **os.environ,
+        "VOXBRIDGE_API__PORT": str(port),
+        "VOXBRIDGE_STORE__URL": f"sqlite:///{work}/v.db",
+        "VOXBRIDGE_TTS__BACKEND": "none",
+        **env_extra,
+    }
     env.pop("VOXBRIDGE_API_TOKEN", None)
 
     def limit():  # in the child: systemd's default soft limit unless told otherwise
@@ -87,16 +96,32 @@ def _start_daemon(work: Path, port: int, nofile: int, env_extra: dict[str, str])
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
     log = open(work / "daemon.log", "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen([sys.executable, "-m", "voxbridge", "run", "--no-discord"], cwd=work, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit)
+    return subprocess.Popen(
+        [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=limit,
+    )
 
 
-def _run(connections: int, daemon_nofile: int, health_every: int, time_limit_s: float, wait_close_s: float,
-         env_extra: dict[str, str]) -> dict:
+def _run(
+    connections: int,
+    daemon_nofile: int,
+    health_every: int,
+    time_limit_s: float,
+    wait_close_s: float,
+    env_extra: dict[str, str],
+) -> dict:
     client_limit = raise_nofile_limit()
     keep_open = max(64, client_limit - 256)
-    result: dict = {"scenario": "idle_connections", "connections": connections, "daemon_nofile": daemon_nofile,
-                    "client_nofile": client_limit}
+    result: dict = {
+        "scenario": "idle_connections",
+        "connections": connections,
+        "daemon_nofile": daemon_nofile,
+        "client_nofile": client_limit,
+    }
     with tempfile.TemporaryDirectory(prefix="vbx-attack-") as tmp:
         work = Path(tmp)
         port = _free_port()
@@ -156,37 +181,61 @@ def _run(connections: int, daemon_nofile: int, health_every: int, time_limit_s: 
                     daemon.kill()
                     daemon.wait()
         answered = [p for p in probes if p is not None]
-        result.update({
-            "opened": opened, "connect_failed": refused, "flood_s": round(flood_s, 2),
-            "health_probes": len(probes), "health_ok": len(answered),
-            "health_max_ms": round(max(answered) * 1000, 1) if answered else None,
-            "health_median_ms": round(sorted(answered)[len(answered) // 2] * 1000, 1) if answered else None,
-            "daemon_fds_base": base_fds, "daemon_fds_peak": max(fds),
-            "closed_by_daemon": closed, "left_open_after_s": wait_close_s, "still_open": len(still) - closed,
-            "daemon_alive": alive,
-        })
+        result.update(
+            {
+                "opened": opened,
+                "connect_failed": refused,
+                "flood_s": round(flood_s, 2),
+                "health_probes": len(probes),
+                "health_ok": len(answered),
+                "health_max_ms": round(max(answered) * 1000, 1) if answered else None,
+                "health_median_ms": round(sorted(answered)[len(answered) // 2] * 1000, 1) if answered else None,
+                "daemon_fds_base": base_fds,
+                "daemon_fds_peak": max(fds),
+                "closed_by_daemon": closed,
+                "left_open_after_s": wait_close_s,
+                "still_open": len(still) - closed,
+                "daemon_alive": alive,
+            }
+        )
         result["held"] = bool(alive and len(answered) == len(probes) and 0 < max(fds) < daemon_nofile - 16)
     return result
 
 
-async def idle_connections_scenario(connections: int = 20_000, *, daemon_nofile: int = 1024, health_every: int = 1000,
-                                    time_limit_s: float = 120.0, wait_close_s: float = 10.0,
-                                    env_extra: dict[str, str] | None = None) -> dict:
+async def idle_connections_scenario(
+    connections: int = 20_000,
+    *,
+    daemon_nofile: int = 1024,
+    health_every: int = 1000,
+    time_limit_s: float = 120.0,
+    wait_close_s: float = 10.0,
+    env_extra: dict[str, str] | None = None,
+) -> dict:
     """Run the attack (blocking sockets, in a worker thread); see the module docstring."""
-    return await trio.to_thread.run_sync(functools.partial(
-        _run, connections, daemon_nofile, health_every, time_limit_s, wait_close_s, env_extra or {}))
+    return await trio.to_thread.run_sync(
+        functools.partial(_run, connections, daemon_nofile, health_every, time_limit_s, wait_close_s, env_extra or {})
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=20_000)
-    ap.add_argument("--daemon-nofile", type=int, default=1024, help="the daemon's soft RLIMIT_NOFILE (systemd's default: 1024)")
+    ap.add_argument(
+        "--daemon-nofile", type=int, default=1024, help="the daemon's soft RLIMIT_NOFILE (systemd's default: 1024)"
+    )
     ap.add_argument("--health-every", type=int, default=1000)
     ap.add_argument("--time-limit", type=float, default=120.0)
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "attack_connections.json"))
     args = ap.parse_args()
-    result = trio.run(functools.partial(idle_connections_scenario, args.connections, daemon_nofile=args.daemon_nofile,
-                                        health_every=args.health_every, time_limit_s=args.time_limit))
+    result = trio.run(
+        functools.partial(
+            idle_connections_scenario,
+            args.connections,
+            daemon_nofile=args.daemon_nofile,
+            health_every=args.health_every,
+            time_limit_s=args.time_limit,
+        )
+    )
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")

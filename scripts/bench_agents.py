@@ -28,8 +28,11 @@ from voxbridge.agents.client import build_request, call_agent, make_http_client 
 from voxbridge.agents.config import AgentSpec  # noqa: E402
 from voxbridge.sim.n8n_local import LocalN8n  # noqa: E402
 
-WEBHOOKS = {"vbx-stream": "streaming, 1 Respond node", "vbx-json": "JSON (Respond to Webhook)",
-            "vbx-wait": "streaming, Respond + Wait 1 s + Respond"}
+WEBHOOKS = {
+    "vbx-stream": "streaming, 1 Respond node",
+    "vbx-json": "JSON (Respond to Webhook)",
+    "vbx-wait": "streaming, Respond + Wait 1 s + Respond",
+}
 PAYLOAD = {"text": "what time is it", "turnNumber": 3, "agentId": "general", "userName": "alice", "useStreaming": True}
 
 
@@ -42,8 +45,9 @@ async def voxbridge_once(http, spec: AgentSpec) -> tuple[float, float]:
     async def ignore(_t):
         return None
 
+    started = time.perf_counter()
     answer = await call_agent(spec, PAYLOAD, http, ignore)
-    return answer.first_byte_s, answer.total_s
+    return answer.first_byte_s, time.perf_counter() - started
 
 
 async def bare_once(http, spec: AgentSpec) -> tuple[float, float]:
@@ -59,7 +63,9 @@ async def bare_once(http, spec: AgentSpec) -> tuple[float, float]:
 
 
 async def bench(n8n: LocalN8n, rounds: int, warmup: int) -> list[dict]:
-    samples = {(hook, variant): {"first": [], "total": []} for hook in WEBHOOKS for variant in ("voxbridge", "bare httpx")}
+    samples = {
+        (hook, variant): {"first": [], "total": []} for hook in WEBHOOKS for variant in ("voxbridge", "bare httpx")
+    }
     async with make_http_client() as http:
         for r in range(warmup + rounds):
             for hook in WEBHOOKS:  # interleaved: both variants see the same n8n state
@@ -72,13 +78,20 @@ async def bench(n8n: LocalN8n, rounds: int, warmup: int) -> list[dict]:
     rows = []
     for (hook, variant), s in samples.items():
         bare = samples[(hook, "bare httpx")]
-        rows.append({
-            "webhook": hook, "workflow": WEBHOOKS[hook], "variant": variant, "n": len(s["first"]),
-            "first_byte_p50_ms": statistics.median(s["first"]), "first_byte_p95_ms": pct(s["first"], 0.95),
-            "full_answer_p50_ms": statistics.median(s["total"]), "full_answer_p95_ms": pct(s["total"], 0.95),
-            "first_byte_p50_ratio": statistics.median(s["first"]) / statistics.median(bare["first"]),
-            "full_answer_p50_ratio": statistics.median(s["total"]) / statistics.median(bare["total"]),
-        })
+        rows.append(
+            {
+                "webhook": hook,
+                "workflow": WEBHOOKS[hook],
+                "variant": variant,
+                "n": len(s["first"]),
+                "first_byte_p50_ms": statistics.median(s["first"]),
+                "first_byte_p95_ms": pct(s["first"], 0.95),
+                "full_answer_p50_ms": statistics.median(s["total"]),
+                "full_answer_p95_ms": pct(s["total"], 0.95),
+                "first_byte_p50_ratio": statistics.median(s["first"]) / statistics.median(bare["first"]),
+                "full_answer_p50_ratio": statistics.median(s["total"]) / statistics.median(bare["total"]),
+            }
+        )
     return rows
 
 
@@ -95,18 +108,30 @@ def main() -> int:
         with n8n:
             n8n.start("vbx-json")
             rows = trio.run(bench, n8n, args.rounds, args.warmup)
-    start = {"healthz_s": n8n.healthz_s, "first_webhook_200_s": n8n.start_s,
-             "not_registered_window_s": n8n.start_s - n8n.healthz_s, "not_ready_answers_seen": n8n.not_ready_answers}
-    print(f"n8n 1.123.0 start: /healthz 200 after {start['healthz_s']:.1f} s, first webhook 200 after "
-          f"{start['first_webhook_200_s']:.1f} s ({start['not_registered_window_s']:.1f} s of 'starting up' / 404 answers)\n")
-    header = (f"{'webhook':<11} {'variant':<11} {'n':>3} {'first p50':>9} {'p95':>7} {'full p50':>9} {'p95':>7} "
-              f"{'first/bare':>10} {'full/bare':>9}")
+    start = {
+        "healthz_s": n8n.healthz_s,
+        "first_webhook_200_s": n8n.start_s,
+        "not_registered_window_s": n8n.start_s - n8n.healthz_s,
+        "not_ready_answers_seen": n8n.not_ready_answers,
+    }
+    print(
+        f"n8n 1.123.0 start: /healthz 200 after {start['healthz_s']:.1f} s, first webhook 200 after "
+        f"{start['first_webhook_200_s']:.1f} s "
+        f"({start['not_registered_window_s']:.1f} s of 'starting up' / 404 answers)\n"
+    )
+    header = (
+        f"{'webhook':<11} {'variant':<11} {'n':>3} {'first p50':>9} {'p95':>7} {'full p50':>9} {'p95':>7} "
+        f"{'first/bare':>10} {'full/bare':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['webhook']:<11} {r['variant']:<11} {r['n']:>3} {r['first_byte_p50_ms']:>9.1f} {r['first_byte_p95_ms']:>7.1f} "
-              f"{r['full_answer_p50_ms']:>9.1f} {r['full_answer_p95_ms']:>7.1f} {r['first_byte_p50_ratio']:>10.2f} "
-              f"{r['full_answer_p50_ratio']:>9.2f}")
+        print(
+            f"{r['webhook']:<11} {r['variant']:<11} {r['n']:>3} "
+            f"{r['first_byte_p50_ms']:>9.1f} {r['first_byte_p95_ms']:>7.1f} "
+            f"{r['full_answer_p50_ms']:>9.1f} {r['full_answer_p95_ms']:>7.1f} {r['first_byte_p50_ratio']:>10.2f} "
+            f"{r['full_answer_p50_ratio']:>9.2f}"
+        )
     print("\nms; voxbridge first byte = first piece of the answer (decoded, parsed); bare httpx first byte = first")
     print("body chunk on the wire (the gzip header for streams). Same request bytes and headers in both.")
     out = Path(args.out)

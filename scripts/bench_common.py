@@ -108,8 +108,9 @@ class SpeakerStream:
     utterances: list[Utterance]
 
 
-def build_stream(name: str, clips: list[tuple[str, np.ndarray, int]], lead_s: float, gaps_s: list[float],
-                 tail_s: float) -> SpeakerStream:
+def build_stream(
+    name: str, clips: list[tuple[str, np.ndarray, int]], lead_s: float, gaps_s: list[float], tail_s: float
+) -> SpeakerStream:
     """One speaker's stream: lead silence, then each clip followed by its gap of silence."""
     parts = [np.zeros(int(lead_s * DISCORD_RATE), np.float32)]
     t = lead_s
@@ -131,7 +132,7 @@ def mark_true_ends(stream: SpeakerStream, threshold: float, session: SileroSessi
     n = len(mono) // WINDOW
     probs = []
     for i in range(0, n, 256):  # in pieces, state carried: as the pipeline sees it
-        probs.append(vad.probs(mono[i * WINDOW: min(n, i + 256) * WINDOW].reshape(-1, WINDOW)))
+        probs.append(vad.probs(mono[i * WINDOW : min(n, i + 256) * WINDOW].reshape(-1, WINDOW)))
     p = np.concatenate(probs)
     ends = (np.nonzero(p >= threshold)[0] + 1) * WINDOW / STT_RATE
     bounds = [u.start_s for u in stream.utterances[1:]] + [math.inf]

@@ -80,7 +80,14 @@ class FirstByteServer:
             buf += data
             while b"\r\n\r\n" in buf:
                 head, _, rest = buf.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
                 if len(rest) < length:
                     break
                 buf = rest[length:]
@@ -119,20 +126,28 @@ class HopCounter:
 
 
 async def measure_voxbridge(settings, store_url, server, n, warm):
-    cfg = parse_agents(f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:{server.port}/webhook/general"\n'
-                       f'retries = 0\n[routing]\nhistory_turns = 5\n', "bench.toml", env={})
+    cfg = parse_agents(
+        f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:{server.port}/webhook/general"\n'
+        f"retries = 0\n[routing]\nhistory_turns = 5\n",
+        "bench.toml",
+        env={},
+    )
     spk = SpeakerInfo("bench-user", "bench", "bench-guild", "bench-channel")
     latencies, hops = [], []
-    async with open_services(settings, agents=cfg, stt=False, tts=False, store_url=store_url,
-                             observer=lambda k, f: None) as services:
+    async with open_services(
+        settings, agents=cfg, stt=False, tts=False, store_url=store_url, observer=lambda k, f: None
+    ) as services:
         room = ChannelSession(services, spk.guild_id, spk.channel_id, CollectSink())  # admission as in a voice channel
         with HopCounter() as counter:
             for i in range(warm + n):
-                tr = Transcript(text=f"What is the status of order number {i}?", language="en", confidence=0.9, duration_s=2.0)
+                tr = Transcript(
+                    text=f"What is the status of order number {i}?", language="en", confidence=0.9, duration_s=2.0
+                )
                 before = len(server.arrivals)
                 t0 = time.perf_counter()
-                out = await answer_transcript(services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None,
-                                              room=room)
+                out = await answer_transcript(
+                    services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None, room=room
+                )
                 assert out.status == "answered", out
                 if i >= warm:
                     latencies.append((server.arrivals[before] - t0) * 1000)
@@ -149,8 +164,11 @@ async def measure_bare(server, n, warm, payload):
         for i in range(warm + n):
             before = len(server.arrivals)
             t0 = time.perf_counter()
-            r = await http.post(f"http://127.0.0.1:{server.port}/webhook/general", content=body,
-                                headers={"content-type": "application/json"})
+            r = await http.post(
+                f"http://127.0.0.1:{server.port}/webhook/general",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
             assert r.status_code == 200
             if i >= warm:
                 latencies.append((server.arrivals[before] - t0) * 1000)
@@ -158,13 +176,28 @@ async def measure_bare(server, n, warm, payload):
 
 
 def example_payload():
-    return {"text": "What is the status of order number 7?", "userId": "bench-user", "userName": "bench",
-            "guildId": "bench-guild", "channelId": "bench-channel", "conversationId": str(uuid.uuid4()),
-            "sessionId": "s", "agentId": "general", "turnId": str(uuid.uuid4()), "turnNumber": 7,
-            "timestamp": "2026-01-01T00:00:00.000+00:00", "useStreaming": True,
-            "context": {"previousTurns": [{"transcript": f"question {i}", "response": "Fine.", "turnNumber": i, "agentId": "general"} for i in range(5)],
-                        "userPreferences": {}},
-            "stt": {"language": "en", "confidence": 0.9, "durationMs": 2000}}
+    return {
+        "text": "What is the status of order number 7?",
+        "userId": "bench-user",
+        "userName": "bench",
+        "guildId": "bench-guild",
+        "channelId": "bench-channel",
+        "conversationId": str(uuid.uuid4()),
+        "sessionId": "s",
+        "agentId": "general",
+        "turnId": str(uuid.uuid4()),
+        "turnNumber": 7,
+        "timestamp": "2026-01-01T00:00:00.000+00:00",
+        "useStreaming": True,
+        "context": {
+            "previousTurns": [
+                {"transcript": f"question {i}", "response": "Fine.", "turnNumber": i, "agentId": "general"}
+                for i in range(5)
+            ],
+            "userPreferences": {},
+        },
+        "stt": {"language": "en", "confidence": 0.9, "durationMs": 2000},
+    }
 
 
 async def main_async(args):
@@ -189,13 +222,18 @@ async def main_async(args):
                 print("PostgreSQL skipped: the `postgres` extra (psycopg) is not installed", file=sys.stderr)
             except Exception as exc:
                 pg_db = None
-                print(f"PostgreSQL skipped: cannot reach {pg_admin.split('@')[-1]} ({type(exc).__name__})", file=sys.stderr)
+                print(
+                    f"PostgreSQL skipped: cannot reach {pg_admin.split('@')[-1]} ({type(exc).__name__})",
+                    file=sys.stderr,
+                )
         print(loadavg(), file=sys.stderr)
         hops_by = {}
         try:
             for rnd in range(args.rounds):  # interleave, so machine noise hits every variant alike
                 for name, url in backends:
-                    lat, history, hops = await measure_voxbridge(settings, url, server, args.turns, args.warmup if rnd == 0 else 0)
+                    lat, history, hops = await measure_voxbridge(
+                        settings, url, server, args.turns, args.warmup if rnd == 0 else 0
+                    )
                     results.append(("voxbridge/" + name, lat, history))
                     hops_by.setdefault("voxbridge/" + name, []).extend(hops)
                     bare = await measure_bare(server, args.turns, args.warmup if rnd == 0 else 0, example_payload())
@@ -216,23 +254,42 @@ async def main_async(args):
     rows = []
     for name, lat in merged.items():
         hops = hops_by.get(name)
-        rows.append({"variant": name, "n": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-                     "mean_ms": statistics.mean(lat), "p50_ratio_to_bare": pct(lat, 50) / b50, "p99_ratio_to_bare": pct(lat, 99) / b99,
-                     "history_turns": history_by[name], "thread_hops_before_request": max(hops) if hops else 0})
-    header = f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'p99 x bare':>10} {'history':>7} {'hops':>4}"
+        rows.append(
+            {
+                "variant": name,
+                "n": len(lat),
+                "p50_ms": pct(lat, 50),
+                "p99_ms": pct(lat, 99),
+                "mean_ms": statistics.mean(lat),
+                "p50_ratio_to_bare": pct(lat, 50) / b50,
+                "p99_ratio_to_bare": pct(lat, 99) / b99,
+                "history_turns": history_by[name],
+                "thread_hops_before_request": max(hops) if hops else 0,
+            }
+        )
+    header = (
+        f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'p99 x bare':>10} "
+        f"{'history':>7} {'hops':>4}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['variant']:<36} {r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ratio_to_bare']:>10.2f} "
-              f"{r['p99_ratio_to_bare']:>10.2f} {r['history_turns']:>7} {r['thread_hops_before_request']:>4}")
+        print(
+            f"{r['variant']:<36} {r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ratio_to_bare']:>10.2f} "
+            f"{r['p99_ratio_to_bare']:>10.2f} {r['history_turns']:>7} {r['thread_hops_before_request']:>4}"
+        )
     print("\ntranscript ready -> first byte of the request at the agent server, admission included (a channel's mode,")
     print("rate limit, echo guard); history = previous turns in every payload; hops = most worker-thread hops taken")
-    print("before the request left; bare httpx = the same payload POSTed directly (ratios against all bare runs pooled)")
+    print(
+        "before the request left; bare httpx = the same payload POSTed directly (ratios against all bare runs pooled)"
+    )
     print(loadavg())
     out = Path(args.out)
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
-    await trio.to_thread.run_sync(out.write_text, json.dumps({"turns_per_round": args.turns, "rounds": args.rounds, "rows": rows,
-                                                              "raw_ms": merged}, indent=2))
+    await trio.to_thread.run_sync(
+        out.write_text,
+        json.dumps({"turns_per_round": args.turns, "rounds": args.rounds, "rows": rows, "raw_ms": merged}, indent=2),
+    )
     print(f"\nJSON: {out}")
 
 

@@ -73,15 +73,26 @@ STAGES = ("vad", "stt", "route", "agent", "clause", "tts", "frame")
 
 def stages_of(true_end_abs: float, ev: dict) -> dict | None:
     t = ev["timings"]
-    need = ("stt_ms", "agent_request_ms", "agent_first_byte_ms", "first_clause_ms", "tts_first_audio_ms", "first_frame_ms")
+    need = (
+        "stt_ms",
+        "agent_request_ms",
+        "agent_first_byte_ms",
+        "first_clause_ms",
+        "tts_first_audio_ms",
+        "first_frame_ms",
+    )
     if any(k not in t for k in need):
         return None
     vad = (ev["ended_at"] - true_end_abs) * 1000
     return {
-        "v2v": vad + t["first_frame_ms"], "vad": vad, "stt": t["stt_ms"], "route": t["agent_request_ms"] - t["stt_ms"],
+        "v2v": vad + t["first_frame_ms"],
+        "vad": vad,
+        "stt": t["stt_ms"],
+        "route": t["agent_request_ms"] - t["stt_ms"],
         "agent": t["agent_first_byte_ms"] - t["agent_request_ms"],
         "clause": t["first_clause_ms"] - t["agent_first_byte_ms"],
-        "tts": t["tts_first_audio_ms"] - t["first_clause_ms"], "frame": t["first_frame_ms"] - t["tts_first_audio_ms"],
+        "tts": t["tts_first_audio_ms"] - t["first_clause_ms"],
+        "frame": t["first_frame_ms"] - t["tts_first_audio_ms"],
         "clause_to_frame": t["first_frame_ms"] - t["first_clause_ms"],
         "clause_to_frame_minus_synth": t["first_frame_ms"] - t["first_clause_ms"] - t.get("tts_first_synth_ms", 0),
         "early": bool(t.get("early_decode")),
@@ -111,8 +122,13 @@ async def one_run(args, settings, engine, tts, agents_cfg, clips, n: int, repeat
         texts = [QUESTIONS[(i * 5 + repeat * 3 + k) % len(QUESTIONS)] for k in range(per_speaker)]
         made = [await trio.to_thread.run_sync(clips.get, t, voice) for t in texts]
         gaps = list(rng.uniform(args.gap_s, args.gap_s + 1.0, per_speaker))
-        stream = build_stream(f"s{i}", [(t, a, r) for t, (a, r) in zip(texts, made, strict=True)],
-                              lead_s=0.3 + (i * 0.37) % 3.0, gaps_s=gaps, tail_s=settings.vad.silence_ms / 1000 + 1.0)
+        stream = build_stream(
+            f"s{i}",
+            [(t, a, r) for t, (a, r) in zip(texts, made, strict=True)],
+            lead_s=0.3 + (i * 0.37) % 3.0,
+            gaps_s=gaps,
+            tail_s=settings.vad.silence_ms / 1000 + 1.0,
+        )
         await trio.to_thread.run_sync(mark_true_ends, stream, settings.vad.threshold, vad_session)
         streams.append(stream)
     played = []
@@ -123,8 +139,17 @@ async def one_run(args, settings, engine, tts, agents_cfg, clips, n: int, repeat
 
     decodes_before = dict(getattr(engine, "stats", {}))
     with tempfile.TemporaryDirectory() as tmp:
-        async with open_services(settings, agents=agents_cfg, stt=engine, tts=tts, observer=observe,
-                                 store_url=f"sqlite:///{tmp}/bench.db") as services, trio.open_nursery() as nursery:
+        async with (
+            open_services(
+                settings,
+                agents=agents_cfg,
+                stt=engine,
+                tts=tts,
+                observer=observe,
+                store_url=f"sqlite:///{tmp}/bench.db",
+            ) as services,
+            trio.open_nursery() as nursery,
+        ):
             handles = []
             for s in streams:
                 channel = await nursery.start(ChannelSession(services, f"g-{s.name}", f"c-{s.name}", CollectSink()).run)
@@ -137,32 +162,49 @@ async def one_run(args, settings, engine, tts, agents_cfg, clips, n: int, repeat
                 await h.finished.wait()
                 await channel.playback.wait_idle()
                 channel.close()
-            counters = dict(services.counters)
+            counters = dict(services.metrics.counts())
     utts = [u for s in streams for u in s.utterances]
     pairs, missed = match_turns(utts, t0, played)
     rows = [r for u, ev in pairs if (r := stages_of(t0 + u.true_end_s, ev)) is not None]
     stats = getattr(engine, "stats", {})
     decodes = stats.get("decodes", 0) - decodes_before.get("decodes", 0)
-    return {"speakers": n, "repeat": repeat, "utterances": len(utts), "turns": len(played), "measured": len(rows),
-            "missed": len(missed), "decodes": decodes, "decode_s": stats.get("decode_s", 0) - decodes_before.get("decode_s", 0),
-            "wasted_s": stats.get("wasted_s", 0) - decodes_before.get("wasted_s", 0),
-            "frames_dropped": counters.get("frames_dropped", 0), "rows": rows}
+    return {
+        "speakers": n,
+        "repeat": repeat,
+        "utterances": len(utts),
+        "turns": len(played),
+        "measured": len(rows),
+        "missed": len(missed),
+        "decodes": decodes,
+        "decode_s": stats.get("decode_s", 0) - decodes_before.get("decode_s", 0),
+        "wasted_s": stats.get("wasted_s", 0) - decodes_before.get("wasted_s", 0),
+        "frames_dropped": counters.get("frames_dropped", 0),
+        "rows": rows,
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
     rows = [r for run in runs for r in run["rows"]]
-    out = {"speakers": runs[0]["speakers"], "repeats": len(runs), "utterances": sum(r["utterances"] for r in runs),
-           "measured": len(rows), "missed": sum(r["missed"] for r in runs),
-           "decode_work_per_turn": sum(r["decodes"] for r in runs) / max(1, sum(r["turns"] for r in runs)),
-           "wasted_decode_s": round(sum(r["wasted_s"] for r in runs), 3),
-           "early_used": sum(r["early"] for r in rows),
-           "v2v_p50_ms": pct([r["v2v"] for r in rows], 50), "v2v_p95_ms": pct([r["v2v"] for r in rows], 95),
-           "v2v_max_ms": max((r["v2v"] for r in rows), default=float("nan")),
-           "v2v_p50_per_repeat_ms": [pct([r["v2v"] for r in run["rows"]], 50) for run in runs],
-           "clause_to_frame_p50_ms": pct([r["clause_to_frame"] for r in rows], 50),
-           "clause_to_frame_minus_synth_p50_ms": pct([r["clause_to_frame_minus_synth"] for r in rows], 50),
-           "clause_to_frame_minus_synth_max_ms": max((r["clause_to_frame_minus_synth"] for r in rows), default=float("nan")),
-           "load": [r["load"] for r in runs]}
+    out = {
+        "speakers": runs[0]["speakers"],
+        "repeats": len(runs),
+        "utterances": sum(r["utterances"] for r in runs),
+        "measured": len(rows),
+        "missed": sum(r["missed"] for r in runs),
+        "decode_work_per_turn": sum(r["decodes"] for r in runs) / max(1, sum(r["turns"] for r in runs)),
+        "wasted_decode_s": round(sum(r["wasted_s"] for r in runs), 3),
+        "early_used": sum(r["early"] for r in rows),
+        "v2v_p50_ms": pct([r["v2v"] for r in rows], 50),
+        "v2v_p95_ms": pct([r["v2v"] for r in rows], 95),
+        "v2v_max_ms": max((r["v2v"] for r in rows), default=float("nan")),
+        "v2v_p50_per_repeat_ms": [pct([r["v2v"] for r in run["rows"]], 50) for run in runs],
+        "clause_to_frame_p50_ms": pct([r["clause_to_frame"] for r in rows], 50),
+        "clause_to_frame_minus_synth_p50_ms": pct([r["clause_to_frame_minus_synth"] for r in rows], 50),
+        "clause_to_frame_minus_synth_max_ms": max(
+            (r["clause_to_frame_minus_synth"] for r in rows), default=float("nan")
+        ),
+        "load": [r["load"] for r in runs],
+    }
     for st in STAGES:
         out[f"{st}_p50_ms"] = pct([r[st] for r in rows], 50)
         out[f"{st}_p95_ms"] = pct([r[st] for r in rows], 95)
@@ -179,10 +221,12 @@ async def main_async(args):
     if args.workers:
         stt_over["max_concurrent_transcriptions"] = args.workers
     settings = attrs.evolve(
-        base, stt=attrs.evolve(base.stt, **stt_over),
+        base,
+        stt=attrs.evolve(base.stt, **stt_over),
         agents=attrs.evolve(base.agents, file=str(ROOT / "agents.toml")),
         playback=attrs.evolve(base.playback, barge_in=False),
-        conversation=attrs.evolve(base.conversation, addressed_above_humans=0, thinking_cue=False))
+        conversation=attrs.evolve(base.conversation, addressed_above_humans=0, thinking_cue=False),
+    )
     print("loading models...", file=sys.stderr)
     piper = PiperTts(settings.tts)
     await piper.load()
@@ -211,40 +255,79 @@ async def main_async(args):
                 run = await one_run(args, settings, stt, tts, agents_cfg, clips, n, rep, vad_session)
                 run["load"] = load
                 runs.append(run)
-                print(f"  measured {len(run['rows'])}/{run['utterances']} utterances, decodes {run['decodes']} "
-                      f"for {run['turns']} turns", file=sys.stderr)
+                print(
+                    f"  measured {len(run['rows'])}/{run['utterances']} utterances, decodes {run['decodes']} "
+                    f"for {run['turns']} turns",
+                    file=sys.stderr,
+                )
             summaries.append(summarize(runs))
             runs_all += runs
         root.cancel_scope.cancel()
 
-    print(f"\nvoice to voice (ms): true end of speech -> first frame of the answer; {engine.device}/{engine.compute_type}, "
-          f"model {settings.stt.model or 'tiny.en (bundled)'}, {settings.stt.max_concurrent_transcriptions} decode worker(s)"
-          + (", batched" if args.batch else ""))
-    header = (f"{'spk':>3} {'n':>4} {'p50':>6} {'p95':>6} {'max':>6} | " + " ".join(f"{s:>6}" for s in STAGES)
-              + f" | {'dec/turn':>8} {'early':>5} {'cl->fr-syn':>10}")
+    print(
+        "\nvoice to voice (ms): true end of speech -> first frame of the answer; "
+        f"{engine.device}/{engine.compute_type}, model {settings.stt.model or 'tiny.en (bundled)'}, "
+        f"{settings.stt.max_concurrent_transcriptions} decode worker(s)" + (", batched" if args.batch else "")
+    )
+    header = (
+        f"{'spk':>3} {'n':>4} {'p50':>6} {'p95':>6} {'max':>6} | "
+        + " ".join(f"{s:>6}" for s in STAGES)
+        + f" | {'dec/turn':>8} {'early':>5} {'cl->fr-syn':>10}"
+    )
     print(header)
     print("-" * len(header))
     for s in summaries:
-        print(f"{s['speakers']:>3} {s['measured']:>4} {s['v2v_p50_ms']:>6.0f} {s['v2v_p95_ms']:>6.0f} {s['v2v_max_ms']:>6.0f} | "
-              + " ".join(f"{s[f'{st}_p50_ms']:>6.0f}" for st in STAGES)
-              + f" | {s['decode_work_per_turn']:>8.2f} {s['early_used']:>5} {s['clause_to_frame_minus_synth_p50_ms']:>10.1f}")
-    print("\nstages are p50s; dec/turn = decodes run per turn (1.00 = no wasted speculative work); early = turns whose "
-          "early decode was used;\ncl->fr-syn = first clause -> first frame minus its synthesis + conversion in the worker (p50)")
+        print(
+            f"{s['speakers']:>3} {s['measured']:>4} {s['v2v_p50_ms']:>6.0f} {s['v2v_p95_ms']:>6.0f} "
+            f"{s['v2v_max_ms']:>6.0f} | "
+            + " ".join(f"{s[f'{st}_p50_ms']:>6.0f}" for st in STAGES)
+            + f" | {s['decode_work_per_turn']:>8.2f} {s['early_used']:>5} "
+            f"{s['clause_to_frame_minus_synth_p50_ms']:>10.1f}"
+        )
+    print(
+        "\nstages are p50s; dec/turn = decodes run per turn (1.00 = no wasted speculative work); early = turns whose "
+        "early decode was used;\n"
+        "cl->fr-syn = first clause -> first frame minus its synthesis + conversion in the worker (p50)"
+    )
     for s in summaries:
-        print(f"  {s['speakers']} speaker(s): v2v p50 per repeat {', '.join(f'{v:.0f}' for v in s['v2v_p50_per_repeat_ms'])} ms; "
-              f"missed {s['missed']}/{s['utterances']}; first clause->first frame p50 {s['clause_to_frame_p50_ms']:.0f} ms, "
-              f"minus synthesis max {s['clause_to_frame_minus_synth_max_ms']:.0f} ms; loads: {'; '.join(s['load'])}")
+        print(
+            f"  {s['speakers']} speaker(s): "
+            f"v2v p50 per repeat {', '.join(f'{v:.0f}' for v in s['v2v_p50_per_repeat_ms'])} ms; "
+            f"missed {s['missed']}/{s['utterances']}; "
+            f"first clause->first frame p50 {s['clause_to_frame_p50_ms']:.0f} ms, "
+            f"minus synthesis max {s['clause_to_frame_minus_synth_max_ms']:.0f} ms; loads: {'; '.join(s['load'])}"
+        )
     if tts.synth_s:
-        print(f"  Piper synthesis per clause (in its worker): p50 {pct(tts.synth_s, 50) * 1000:.0f} ms over {len(tts.synth_s)} clauses")
+        print(
+            f"  Piper synthesis per clause (in its worker): p50 {pct(tts.synth_s, 50) * 1000:.0f} ms "
+            f"over {len(tts.synth_s)} clauses"
+        )
     out = Path(args.out)
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
-    await trio.to_thread.run_sync(out.write_text, json.dumps({"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                                           "device": engine.device, "compute_type": engine.compute_type},
-                               "settings": {"model": settings.stt.model or "tiny.en (bundled)", "batch": args.batch,
-                                            "workers": settings.stt.max_concurrent_transcriptions,
-                                            "beam_size": settings.stt.beam_size, "silence_ms": settings.vad.silence_ms,
-                                            "early_ms": settings.vad.early_ms},
-                               "summaries": summaries, "runs": runs_all}, indent=2))
+    await trio.to_thread.run_sync(
+        out.write_text,
+        json.dumps(
+            {
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": __import__("os").cpu_count(),
+                    "device": engine.device,
+                    "compute_type": engine.compute_type,
+                },
+                "settings": {
+                    "model": settings.stt.model or "tiny.en (bundled)",
+                    "batch": args.batch,
+                    "workers": settings.stt.max_concurrent_transcriptions,
+                    "beam_size": settings.stt.beam_size,
+                    "silence_ms": settings.vad.silence_ms,
+                    "early_ms": settings.vad.early_ms,
+                },
+                "summaries": summaries,
+                "runs": runs_all,
+            },
+            indent=2,
+        ),
+    )
     print(f"\nJSON: {out}")
 
 
@@ -279,7 +362,9 @@ def main():
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="STT device (default: the config's)")
     p.add_argument("--model", help="STT model (default: the bundled tiny.en), e.g. small.en")
     p.add_argument("--workers", type=int, help="decode workers (default: the config's max_concurrent_transcriptions)")
-    p.add_argument("--batch", action="store_true", help="batch decodes across speakers (as `voxbridge stt-serve --batch`)")
+    p.add_argument(
+        "--batch", action="store_true", help="batch decodes across speakers (as `voxbridge stt-serve --batch`)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 6 utterances per point, 1 repeat")
     p.add_argument("--out", default="bench-out/bench_voice.json")
     args = p.parse_args()

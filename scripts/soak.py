@@ -84,9 +84,12 @@ class Agents:
 
 def agents_config(url: str, kind: str):
     target = f"{url}/{kind}" if kind != "refuse" else "http://127.0.0.1:1/refuse"
-    return parse_agents(f'[[agents]]\nid = "a"\nname = "Agent"\nkind = "n8n"\nurl = "{target}"\nretries = 1\ntimeout_s = 1\n'
-                        f'total_timeout_s = 3\nmax_response_bytes = 1048576\nmax_concurrency = 64\ncircuit_failures = 1000\n',
-                        "soak.toml", env={})
+    return parse_agents(
+        f'[[agents]]\nid = "a"\nname = "Agent"\nkind = "n8n"\nurl = "{target}"\nretries = 1\ntimeout_s = 1\n'
+        f"total_timeout_s = 3\nmax_response_bytes = 1048576\nmax_concurrency = 64\ncircuit_failures = 1000\n",
+        "soak.toml",
+        env={},
+    )
 
 
 async def run_channels(settings, stt, agents, clips, channels: int, speakers: int, utterances: int, store_url: str):
@@ -98,10 +101,15 @@ async def run_channels(settings, stt, agents, clips, channels: int, speakers: in
             await trio.sleep(0.01)
             lag.append(trio.current_time() - t0 - 0.01)
 
-    async with open_services(settings, agents=agents, stt=stt, tts=False, store_url=store_url, observer=lambda k, f: None) as services:
+    async with open_services(
+        settings, agents=agents, stt=stt, tts=False, store_url=store_url, observer=lambda k, f: None
+    ) as services:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe)
-            sessions = [await nursery.start(ChannelSession(services, f"g{c}", f"c{c}", CollectSink()).run) for c in range(channels)]
+            sessions = [
+                await nursery.start(ChannelSession(services, f"g{c}", f"c{c}", CollectSink()).run)
+                for c in range(channels)
+            ]
 
             async def speaker(session, j):
                 h = session.add_speaker(f"{session.guild_id}-u{j}", f"u{j}")
@@ -128,15 +136,28 @@ def row(scenario, runs, expected, rows, crashes, wall, lag, extra=""):
     statuses = {}
     for r in rows:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    return {"scenario": scenario, "runs": runs, "turns_expected": expected, "turns_stored": stored, "final": final,
-            "crashes": crashes, "wall_s": round(wall, 1), "loop_lag_p99_ms": round(float(np.percentile(lag, 99)) * 1000, 1) if lag else None,
-            "rss_mb": round(rss_mb(), 0), "statuses": statuses, "note": extra}
+    return {
+        "scenario": scenario,
+        "runs": runs,
+        "turns_expected": expected,
+        "turns_stored": stored,
+        "final": final,
+        "crashes": crashes,
+        "wall_s": round(wall, 1),
+        "loop_lag_p99_ms": round(float(np.percentile(lag, 99)) * 1000, 1) if lag else None,
+        "rss_mb": round(rss_mb(), 0),
+        "statuses": statuses,
+        "note": extra,
+    }
 
 
 async def main_async(args):
     base = load_settings(env={})
-    base = attrs.evolve(base, conversation=attrs.evolve(base.conversation, addressed_above_humans=0),
-                        agents=attrs.evolve(base.agents, failure_notice=""))
+    base = attrs.evolve(
+        base,
+        conversation=attrs.evolve(base.conversation, addressed_above_humans=0),
+        agents=attrs.evolve(base.agents, failure_notice=""),
+    )
     from voxbridge.tts.piper import PiperTts
 
     piper = PiperTts(base.tts)
@@ -149,13 +170,16 @@ async def main_async(args):
         port = await root.start(serve_http, agent_server.handle)
         url = f"http://127.0.0.1:{port}"
         with tempfile.TemporaryDirectory() as tmp:
+
             def db(name):
                 return f"sqlite:///{tmp}/{name}.db"
 
             if "load-fake" in args.scenarios:
                 crashes = 0
                 try:
-                    rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, "ok"), clips, 20, 5, 2, db("fake"))
+                    rows, wall, lag = await run_channels(
+                        base, FastFakeStt(), agents_config(url, "ok"), clips, 20, 5, 2, db("fake")
+                    )
                 except Exception:
                     crashes, rows, wall, lag = 1, [], 0, []
                 results.append(row("load-fake 20x5", 1, 200, rows, crashes, wall, lag))
@@ -168,20 +192,31 @@ async def main_async(args):
                 results.append(row("load-real 8 speakers", 1, 16, rows, 0, wall, lag))
             if "faults" in args.scenarios:
                 for kind in ("refuse", "http500", "hang", "close", "garbage", "huge"):
-                    rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, kind), clips, 2, 3, 2, db(kind))
+                    rows, wall, lag = await run_channels(
+                        base, FastFakeStt(), agents_config(url, kind), clips, 2, 3, 2, db(kind)
+                    )
                     reasons = sorted({(r["error"] or "").split(":")[0] for r in rows})
                     results.append(row(f"agent {kind}", 1, 12, rows, 0, wall, lag, "reasons: " + ",".join(reasons)))
             if "pg-kill" in args.scenarios:
                 results.append(await pg_kill(base, url, clips))
             if args.soak:
-                results.append(await soak_daemon(base, agents_config(url, "ok"), clips, args.speakers, args.minutes, db("soak")))
+                results.append(
+                    await soak_daemon(base, agents_config(url, "ok"), clips, args.speakers, args.minutes, db("soak"))
+                )
         root.cancel_scope.cancel()
-    header = f"{'scenario':<28} {'runs':>4} {'expected':>8} {'stored':>6} {'final':>5} {'crashes':>7} {'lag p99 ms':>10} {'RSS MB':>6}  note"
+    header = (
+        f"{'scenario':<28} {'runs':>4} {'expected':>8} {'stored':>6} {'final':>5} {'crashes':>7} "
+        f"{'lag p99 ms':>10} {'RSS MB':>6}  note"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['scenario']:<28} {r['runs']:>4} {r['turns_expected']:>8} {r['turns_stored']:>6} {r['final']:>5} {r['crashes']:>7} "
-              f"{r['loop_lag_p99_ms'] if r['loop_lag_p99_ms'] is not None else '-':>10} {r['rss_mb']:>6}  {r.get('note', '')}")
+        print(
+            f"{r['scenario']:<28} {r['runs']:>4} {r['turns_expected']:>8} {r['turns_stored']:>6} "
+            f"{r['final']:>5} {r['crashes']:>7} "
+            f"{r['loop_lag_p99_ms'] if r['loop_lag_p99_ms'] is not None else '-':>10} {r['rss_mb']:>6}  "
+            f"{r.get('note', '')}"
+        )
     out = Path(args.out)
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
     await trio.to_thread.run_sync(out.write_text, json.dumps(results, indent=2))
@@ -220,11 +255,15 @@ async def soak_daemon(base, agents, clips, speakers: int, minutes: float, store_
         await handle.finish()
 
     print(f"soak: one daemon, {speakers} speakers in real time, fake STT, {minutes} min", file=sys.stderr)
-    async with open_services(base, agents=agents, stt=stt, tts=False, store_url=store_url, observer=lambda k, f: None) as services:
+    async with open_services(
+        base, agents=agents, stt=stt, tts=False, store_url=store_url, observer=lambda k, f: None
+    ) as services:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(probe)
-            channels = [await nursery.start(ChannelSession(services, f"g{c}", f"c{c}", CollectSink()).run)
-                        for c in range(math.ceil(speakers / 5))]
+            channels = [
+                await nursery.start(ChannelSession(services, f"g{c}", f"c{c}", CollectSink()).run)
+                for c in range(math.ceil(speakers / 5))
+            ]
             start = trio.current_time()
             stop_at = start + minutes * 60
             handles = []
@@ -240,12 +279,20 @@ async def soak_daemon(base, agents, clips, speakers: int, minutes: float, store_
                         await trio.sleep_until(start + (minute + 1) * 60)
                         minute += 1
                         window, lag[:] = list(lag), []
-                        row = {"minute": minute, "loop_lag_p99_ms": round(float(np.percentile(window, 99)) * 1000, 1) if window else None,
-                               "rss_mb": round(rss_mb(), 1), "utterances": uttered[0],
-                               "answered": services.counters.get("turns_answered", 0), "load": os.getloadavg()[0]}
+                        row = {
+                            "minute": minute,
+                            "loop_lag_p99_ms": round(float(np.percentile(window, 99)) * 1000, 1) if window else None,
+                            "rss_mb": round(rss_mb(), 1),
+                            "utterances": uttered[0],
+                            "answered": services.metrics.counts().get("turns_answered", 0),
+                            "load": os.getloadavg()[0],
+                        }
                         minute_rows.append(row)
-                        print(f"  minute {minute}: loop lag p99 {row['loop_lag_p99_ms']} ms, RSS {row['rss_mb']} MB, "
-                              f"{row['utterances']} utterances, {row['answered']} answered, load {row['load']:.1f}", file=sys.stderr)
+                        print(
+                            f"  minute {minute}: loop lag p99 {row['loop_lag_p99_ms']} ms, RSS {row['rss_mb']} MB, "
+                            f"{row['utterances']} utterances, {row['answered']} answered, load {row['load']:.1f}",
+                            file=sys.stderr,
+                        )
 
                 talkers.start_soon(report)
                 await trio.sleep_until(stop_at)
@@ -270,13 +317,23 @@ async def soak_daemon(base, agents, clips, speakers: int, minutes: float, store_
     for r in rows:
         key = r["status"] + (f" ({(r['error'] or '').split(':')[0]})" if r["status"] == "failed" else "")
         statuses[key] = statuses.get(key, 0) + 1
-    return {"scenario": f"soak {minutes:g} min, {speakers} spk (fake STT)", "runs": 1, "turns_expected": uttered[0],
-            "turns_stored": len(rows), "final": final, "crashes": 0,
-            "loop_lag_p99_ms": max(lags) if lags else None, "rss_mb": rss[-1] if rss else round(rss_mb(), 1),
-            "rss_slope_mb_per_min": round(slope, 2), "minutes": minute_rows, "statuses": statuses,
-            "frames_dropped": services.counters.get("frames_dropped", 0),
-            "note": f"RSS {rss[0] if rss else '-'} -> {rss[-1] if rss else '-'} MB, slope {slope:.2f} MB/min (from minute 2); "
-                    f"lag p99 = worst minute; {statuses}; frames dropped {services.counters.get('frames_dropped', 0)}"}
+    return {
+        "scenario": f"soak {minutes:g} min, {speakers} spk (fake STT)",
+        "runs": 1,
+        "turns_expected": uttered[0],
+        "turns_stored": len(rows),
+        "final": final,
+        "crashes": 0,
+        "loop_lag_p99_ms": max(lags) if lags else None,
+        "rss_mb": rss[-1] if rss else round(rss_mb(), 1),
+        "rss_slope_mb_per_min": round(slope, 2),
+        "minutes": minute_rows,
+        "statuses": statuses,
+        "frames_dropped": services.metrics.counts().get("frames_dropped", 0),
+        "note": f"RSS {rss[0] if rss else '-'} -> {rss[-1] if rss else '-'} MB, "
+        f"slope {slope:.2f} MB/min (from minute 2); "
+        f"lag p99 = worst minute; {statuses}; frames dropped {services.metrics.counts().get('frames_dropped', 0)}",
+    }
 
 
 async def pg_kill(base, url, clips):
@@ -291,20 +348,23 @@ async def pg_kill(base, url, clips):
         c.execute(f'create database "{name}"')
     kills = [0]
     try:
+
         async def killer():
             admin = psycopg.connect(admin_url, autocommit=True)
             try:
                 for _ in range(6):
                     await trio.sleep(0.5)
-                    kills[0] += admin.execute("select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = %s",
-                                              (name,)).fetchone()[0]
+                    kills[0] += admin.execute(
+                        "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = %s", (name,)
+                    ).fetchone()[0]
             finally:
                 admin.close()
 
         async with trio.open_nursery() as n:
             n.start_soon(killer)
-            rows, wall, lag = await run_channels(base, FastFakeStt(), agents_config(url, "ok"), clips, 4, 4, 2,
-                                                 admin_url.rpartition("/")[0] + f"/{name}")
+            rows, wall, lag = await run_channels(
+                base, FastFakeStt(), agents_config(url, "ok"), clips, 4, 4, 2, admin_url.rpartition("/")[0] + f"/{name}"
+            )
     finally:
         with psycopg.connect(admin_url, autocommit=True) as c:
             c.execute(f'drop database if exists "{name}" with (force)')

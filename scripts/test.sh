@@ -12,4 +12,6 @@ if ! bash scripts/install_n8n.sh; then
   echo "test.sh: warning: n8n not installed; the real-n8n tests will skip" >&2
 fi
 .venv/bin/ruff check voxbridge tests scripts
+.venv/bin/ruff format --check voxbridge tests scripts
+.venv/bin/pyright  # [tool.pyright] in pyproject.toml: basic checks on voxbridge/
 exec .venv/bin/python -m pytest "$@"

@@ -605,7 +605,10 @@ class DaveGatewayRole:
         self.key_packages.pop(sole, None)
         d_epoch = {"protocol_version": self.protocol_version, "epoch": 1}
         d_transition = {"protocol_version": self.protocol_version, "transition_id": 0}
-        return [Outbound((sole,), OP_PREPARE_EPOCH, d=d_epoch), Outbound((sole,), OP_PREPARE_TRANSITION, d=d_transition)]
+        return [
+            Outbound((sole,), OP_PREPARE_EPOCH, d=d_epoch),
+            Outbound((sole,), OP_PREPARE_TRANSITION, d=d_transition),
+        ]
 
     # -- MLS handshake --------------------------------------------------------------------
 
@@ -615,7 +618,9 @@ class DaveGatewayRole:
         if kp.user_id != user_id:
             raise DaveProtocolError(f"key package from user {user_id} names user {kp.user_id} in its credential")
         if kp.leaf.lifetime != MAX_LIFETIME:
-            raise DaveProtocolError(f"key package from user {user_id}: lifetime {kp.leaf.lifetime}, DAVE needs (0, 2^64-1)")
+            raise DaveProtocolError(
+                f"key package from user {user_id}: lifetime {kp.leaf.lifetime}, DAVE needs (0, 2^64-1)"
+            )
         self.connected.add(user_id)
         self.key_packages[user_id] = kp
         out = self._revoke([p for p in self.proposals if p.kind == PROPOSAL_ADD and p.user_id == user_id])
@@ -791,7 +796,9 @@ class DaveGatewayRole:
         self.transitions[tid] = _Transition(tid, 0, set(everyone), set(everyone))
         self._reset_group()
         self.key_packages.clear()
-        return [Outbound(tuple(sorted(everyone)), OP_PREPARE_TRANSITION, d={"protocol_version": 0, "transition_id": tid})]
+        return [
+            Outbound(tuple(sorted(everyone)), OP_PREPARE_TRANSITION, d={"protocol_version": 0, "transition_id": tid})
+        ]
 
     def prepare_upgrade(self, protocol_version: int = 1) -> list[Outbound]:
         """Announce a new group for `protocol_version` (op 24, epoch 1): clients send key packages."""

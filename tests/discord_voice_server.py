@@ -96,8 +96,9 @@ def rtp_header(seq: int, ts: int, ssrc: int, *, extension: bool, padding: bool) 
     return struct.pack(">BBHII", first, PAYLOAD_TYPE, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc)
 
 
-def encrypt_rtpsize(key: bytes, header: bytes, ext_values: bytes, payload: bytes, nonce: int,
-                    padding: int = 0) -> bytes:
+def encrypt_rtpsize(
+    key: bytes, header: bytes, ext_values: bytes, payload: bytes, nonce: int, padding: int = 0
+) -> bytes:
     """Discord's `aead_xchacha20_poly1305_rtpsize` packet: header (+ extension preamble) in the
     clear and authenticated, extension values + payload (+ RTP padding) encrypted, the 4-byte
     big-endian nonce counter appended (zero-padded to 24 bytes for XChaCha20-Poly1305)."""
@@ -125,7 +126,7 @@ def decrypt_rtpsize(keys: list[bytes], packet: bytes) -> tuple[bytes, int, int, 
         raise error or nacl.exceptions.CryptoError("no key")
     if first & 0x10:
         words = struct.unpack_from(">H", packet, header_len + 2)[0]
-        plain = plain[4 * words:]
+        plain = plain[4 * words :]
     if first & 0x20 and plain:
         plain = plain[: len(plain) - plain[-1]]
     _, _, seq, ts, ssrc = struct.unpack_from(">BBHII", packet, 0)
@@ -200,8 +201,9 @@ class MainGatewayStandIn:
         self.calls: list[tuple[int, int | None, bool, bool]] = []
         self.latency = 0.0
 
-    async def voice_state(self, guild_id: int, channel_id: int | None, self_mute: bool = False,
-                          self_deaf: bool = False) -> None:
+    async def voice_state(
+        self, guild_id: int, channel_id: int | None, self_mute: bool = False, self_deaf: bool = False
+    ) -> None:
         self.calls.append((int(guild_id), channel_id, self_mute, self_deaf))
         # Discord answers asynchronously: the answer arrives after this send returned.
         asyncio_loop = self.server.bot.loop
@@ -215,10 +217,18 @@ class DiscordVoiceServer:
     """One guild's voice server. `await server.start(nursery)` before the bot joins; the bot's
     HTTP client then trusts the server's certificate and its main gateway is the stand-in."""
 
-    def __init__(self, bot: discord.Bot, guild: discord.Guild | None = None, *,
-                 dave_encrypt: DaveHook | None = None, dave_decrypt: DaveHook | None = None,
-                 silence_frames: int = 5, rtp_padding: int = 0, heartbeat_interval_ms: int = 41250,
-                 dave: bool = False):
+    def __init__(
+        self,
+        bot: discord.Bot,
+        guild: discord.Guild | None = None,
+        *,
+        dave_encrypt: DaveHook | None = None,
+        dave_decrypt: DaveHook | None = None,
+        silence_frames: int = 5,
+        rtp_padding: int = 0,
+        heartbeat_interval_ms: int = 41250,
+        dave: bool = False,
+    ):
         self.bot = bot
         self.guild = guild or bot.get_guild(GUILD_ID)
         self.state = bot._connection
@@ -279,8 +289,9 @@ class DiscordVoiceServer:
         self.http_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx))
         self.bot.http._HTTPClient__session = self.http_session
         if self.guild.get_member(BOT_ID) is None:  # py-cord looks up guild.me on Ready
-            self.guild._add_member(discord.Member(data=self._member_data(BOT_ID, "voxbridge", True),
-                                                  guild=self.guild, state=self.state))
+            self.guild._add_member(
+                discord.Member(data=self._member_data(BOT_ID, "voxbridge", True), guild=self.guild, state=self.state)
+            )
         return self
 
     async def aclose(self) -> None:
@@ -298,11 +309,21 @@ class DiscordVoiceServer:
 
     # --- main gateway (stand-in) -------------------------------------------------------------
     def _voice_state_payload(self, uid: int, name: str, bot: bool, channel_id: int | None, session_id: str) -> dict:
-        return {"guild_id": str(self.guild.id), "channel_id": str(channel_id) if channel_id else None,
-                "user_id": str(uid), "session_id": session_id, "deaf": False, "mute": False,
-                "self_deaf": False, "self_mute": False, "self_stream": False, "self_video": False,
-                "suppress": False, "request_to_speak_timestamp": None,
-                "member": self._member_data(uid, name, bot)}
+        return {
+            "guild_id": str(self.guild.id),
+            "channel_id": str(channel_id) if channel_id else None,
+            "user_id": str(uid),
+            "session_id": session_id,
+            "deaf": False,
+            "mute": False,
+            "self_deaf": False,
+            "self_mute": False,
+            "self_stream": False,
+            "self_video": False,
+            "suppress": False,
+            "request_to_speak_timestamp": None,
+            "member": self._member_data(uid, name, bot),
+        }
 
     def _bot_voice_state(self, channel_id: int | None, self_mute: bool = False, self_deaf: bool = False) -> None:
         """The bot asked to join/move/leave: Discord answers with VOICE_STATE_UPDATE, then (when
@@ -310,15 +331,18 @@ class DiscordVoiceServer:
         self.bot_channel_id = channel_id
         self.counters["main_gateway_voice_states"] += 1
         if channel_id is None:
-            self.state.parse_voice_state_update(self._voice_state_payload(BOT_ID, "voxbridge", True, None, self.session_id or ""))
+            self.state.parse_voice_state_update(
+                self._voice_state_payload(BOT_ID, "voxbridge", True, None, self.session_id or "")
+            )
             return
         self.session_id = self.session_id or os.urandom(16).hex()
         data = self._voice_state_payload(BOT_ID, "voxbridge", True, channel_id, self.session_id)
         data["self_mute"], data["self_deaf"] = self_mute, self_deaf
         self.state.parse_voice_state_update(data)
         self.token = os.urandom(8).hex()
-        self.state.parse_voice_server_update({"token": self.token, "guild_id": str(self.guild.id),
-                                              "endpoint": self.endpoint})
+        self.state.parse_voice_server_update(
+            {"token": self.token, "guild_id": str(self.guild.id), "endpoint": self.endpoint}
+        )
 
     async def move_bot(self, channel_id: int) -> None:
         """A moderator drags the bot into another voice channel: VOICE_STATE_UPDATE for the bot with
@@ -335,8 +359,16 @@ class DiscordVoiceServer:
         channel_id = channel_id or self.bot_channel_id or VOICE_ID
         self._next_ssrc += 1
         enc = opus.Encoder()
-        m = WireMember(uid, name, self._next_ssrc, bot, channel_id, enc, seq=random.Random(uid).randrange(65536),
-                       ts=random.Random(-uid).randrange(2**32))
+        m = WireMember(
+            uid,
+            name,
+            self._next_ssrc,
+            bot,
+            channel_id,
+            enc,
+            seq=random.Random(uid).randrange(65536),
+            ts=random.Random(-uid).randrange(2**32),
+        )
         self.members[uid] = m
         self.state.parse_voice_state_update(self._voice_state_payload(uid, name, bot, channel_id, f"member-{uid}"))
         if self._ws is not None and channel_id == self.bot_channel_id:
@@ -350,14 +382,18 @@ class DiscordVoiceServer:
         """DAVE on both ends: the bot's davey session and every fake member's are ready."""
         bot = self.bot.get_guild(self.guild.id).voice_client
         session = getattr(getattr(bot, "_connection", None), "dave_session", None)
-        return bool(self.dave and session is not None and session.ready
-                    and all(m.ready for m in self.dave.members.values()))
+        return bool(
+            self.dave and session is not None and session.ready and all(m.ready for m in self.dave.members.values())
+        )
 
     def dave_settled(self) -> bool:
         """`dave_ready()`, no transition open, and every fake member in the gateway's group."""
         role = self.dave.role
-        return (self.dave_ready() and not role.pending_transitions()
-                and set(self.dave.members) | {BOT_ID} == set(role.members))
+        return (
+            self.dave_ready()
+            and not role.pending_transitions()
+            and set(self.dave.members) | {BOT_ID} == set(role.members)
+        )
 
     async def downgrade_dave(self) -> None:
         """The call downgrades to protocol version 0 (transport encryption only): op 21 to all,
@@ -393,8 +429,16 @@ class DiscordVoiceServer:
         self.state.parse_voice_state_update(self._voice_state_payload(uid, m.name, m.bot, None, f"member-{uid}"))
         await trio.lowlevel.checkpoint()
 
-    async def speak(self, uid: int, pcm: bytes, *, loss: float = 0.0, reorder: float = 0.0, seed: int = 0,
-                    padding: int | None = None) -> None:
+    async def speak(
+        self,
+        uid: int,
+        pcm: bytes,
+        *,
+        loss: float = 0.0,
+        reorder: float = 0.0,
+        seed: int = 0,
+        padding: int | None = None,
+    ) -> None:
         """`pcm` (48 kHz stereo s16le) as a Discord client sends it: op 5, then one Opus RTP
         packet every 20 ms; after `silence_frames` frames of silence (Opus silence frames) no
         packets until speech resumes; `loss` drops and `reorder` swaps packets (seeded)."""
@@ -405,7 +449,7 @@ class DiscordVoiceServer:
         await self._send(Op.SPEAKING, {"user_id": str(uid), "ssrc": m.ssrc, "speaking": 1})
         if len(pcm) % FRAME_BYTES:
             pcm += bytes(FRAME_BYTES - len(pcm) % FRAME_BYTES)
-        frames = [pcm[i:i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
+        frames = [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]
         frames += [bytes(FRAME_BYTES)] * self.silence_frames  # ends like a client: silence frames
         quiet = self.silence_frames + 1  # not sending until the first sound
         held: bytes | None = None
@@ -510,7 +554,7 @@ class DiscordVoiceServer:
                 reply = bytearray(74)
                 struct.pack_into(">HHI", reply, 0, 2, 70, struct.unpack_from(">I", data, 4)[0])
                 host = addr[0].encode()
-                reply[8:8 + len(host)] = host
+                reply[8 : 8 + len(host)] = host
                 struct.pack_into(">H", reply, 72, addr[1])
                 self._sock.sendto(bytes(reply), addr)
                 self.counters["ip_discoveries"] += 1
@@ -523,8 +567,14 @@ class DiscordVoiceServer:
 
     # --- voice gateway -----------------------------------------------------------------------
     def _session_description(self) -> dict:
-        return {"mode": MODE, "secret_key": list(self.key), "dave_protocol_version": self.dave_protocol_version,
-                "audio_codec": "opus", "video_codec": None, "media_session_id": os.urandom(8).hex()}
+        return {
+            "mode": MODE,
+            "secret_key": list(self.key),
+            "dave_protocol_version": self.dave_protocol_version,
+            "audio_codec": "opus",
+            "video_codec": None,
+            "media_session_id": os.urandom(8).hex(),
+        }
 
     async def _send(self, op: int, data: Any) -> None:
         """A JSON op to the bot, with the connection's next seq."""
@@ -585,8 +635,15 @@ class DiscordVoiceServer:
                 self.counters["bad_identify"] += 1
                 await self._ws.aclose(4004)  # authentication failed
                 return
-            await self._send(Op.READY, {"ssrc": self.bot_ssrc, "ip": "127.0.0.1", "port": self.udp_port,
-                                        "modes": ["aead_aes256_gcm_rtpsize", MODE]})
+            await self._send(
+                Op.READY,
+                {
+                    "ssrc": self.bot_ssrc,
+                    "ip": "127.0.0.1",
+                    "port": self.udp_port,
+                    "modes": ["aead_aes256_gcm_rtpsize", MODE],
+                },
+            )
         elif op == Op.SELECT_PROTOCOL:
             self.counters["select_protocol"] += 1
             data = d.get("data", {})
@@ -615,9 +672,11 @@ class DiscordVoiceServer:
 
 # --- a VoxBridge app joined to the server through its own join path -------------------------------
 
+
 @attrs.define
 class WireSession:
     """A running VoxApp joined (VoxApp.join_voice, py-cord's real VoiceClient) to the server."""
+
     app: Any
     server: DiscordVoiceServer
     services: Any
@@ -633,8 +692,17 @@ class WireSession:
 
 
 @contextlib.asynccontextmanager
-async def open_wire_session(loop, settings, *, stt, tts, agents: bool = True, server_options: dict | None = None,
-                            extra_channels: tuple[int, ...] = (), demo_delay_s: float = 0.01):
+async def open_wire_session(
+    loop,
+    settings,
+    *,
+    stt,
+    tts,
+    agents: bool = True,
+    server_options: dict | None = None,
+    extra_channels: tuple[int, ...] = (),
+    demo_delay_s: float = 0.01,
+):
     """DemoAgents + services + a VoxApp wired as in `voxbridge run` (commands and listeners), the
     loopback voice server, and `VoxApp.join_voice(channel)`; leaves and closes everything after."""
     from voxbridge.agents.config import load_agents

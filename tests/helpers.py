@@ -9,6 +9,9 @@ import numpy as np
 from voxbridge.audio import STT_RATE
 from voxbridge.audio.convert import resample, to_discord_pcm
 
+# What a key=value log reader sees in a line: tests check that a field stays whole.
+KV_FIELD = re.compile(r"(?:^|\s)([A-Za-z_]\w*)=(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|\S*)")
+
 
 def words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
@@ -41,7 +44,9 @@ def find_in_order(needles: list[str], haystack: str, max_wer: float = 0.35) -> l
             score = wer(needle, " ".join(hay[i : i + n]))
             if score < best[0]:
                 best = (score, i)
-        assert best[1] is not None and best[0] <= max_wer, f"{needle!r} not found in order in {haystack!r} (best WER {best[0]:.2f})"
+        assert best[1] is not None and best[0] <= max_wer, (
+            f"{needle!r} not found in order in {haystack!r} (best WER {best[0]:.2f})"
+        )
         positions.append(best[1])
         start = best[1] + n
     return positions
@@ -66,8 +71,9 @@ class SpeechMaker:
 
     def discord(self, text: str, lead_silence_s: float = 0.3, tail_silence_s: float = 1.3) -> bytes:
         audio, rate = self.native(text)
-        padded = np.concatenate([np.zeros(int(lead_silence_s * rate), np.float32), audio,
-                                 np.zeros(int(tail_silence_s * rate), np.float32)])
+        padded = np.concatenate(
+            [np.zeros(int(lead_silence_s * rate), np.float32), audio, np.zeros(int(tail_silence_s * rate), np.float32)]
+        )
         return to_discord_pcm(padded, rate)
 
 
@@ -91,8 +97,12 @@ class FastFakeStt:
         if self.calls in self.fail_on:
             raise SttError("engine error on purpose")
         seconds = len(pcm16k_mono) / 16000
-        return Transcript(text=f"utterance of {seconds:.1f} seconds number {self.calls}", language="en",
-                          confidence=0.9, duration_s=round(seconds, 3))
+        return Transcript(
+            text=f"utterance of {seconds:.1f} seconds number {self.calls}",
+            language="en",
+            confidence=0.9,
+            duration_s=round(seconds, 3),
+        )
 
     async def aclose(self):
         pass

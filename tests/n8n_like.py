@@ -10,13 +10,17 @@ import zlib
 
 from voxbridge.net.http_server import ResponseWriter
 
-N8N_HEADERS = {"content-type": "application/json; charset=utf-8", "cache-control": "no-cache", "vary": "Accept-Encoding"}
+N8N_HEADERS = {
+    "content-type": "application/json; charset=utf-8",
+    "cache-control": "no-cache",
+    "vary": "Accept-Encoding",
+}
 # n8n's own 404 for an unknown (or not yet activated) production webhook, byte for byte.
 NOT_REGISTERED_404 = (
     b'{"code":404,"message":"The requested webhook \\"POST general\\" is not registered.",'
     b'"hint":"The workflow must be active for a production URL to run successfully. You can activate the '
     b"workflow using the toggle in the top-right of the editor. Note that unlike test URL calls, production "
-    b'URL calls aren\'t shown on the canvas (only in the executions list)"}'
+    b"URL calls aren't shown on the canvas (only in the executions list)\"}"
 )
 
 

@@ -31,8 +31,11 @@ async def _call(agent):
 async def test_streams_tokens_split_mid_json(agent_server):
     async def handler(req, resp):
         assert req.json() == PAYLOAD
-        body = b'{"type":"begin"}\n' + b"".join(
-            json.dumps({"type": "item", "content": t}).encode() + b"\n" for t in ["One. ", "Two."]) + b'{"type":"end"}\n'
+        body = (
+            b'{"type":"begin"}\n'
+            + b"".join(json.dumps({"type": "item", "content": t}).encode() + b"\n" for t in ["One. ", "Two."])
+            + b'{"type":"end"}\n'
+        )
         await resp.start(200, {"content-type": "application/json"})
         for i in range(0, len(body), 7):  # 7-byte chunks: boundaries inside JSON objects
             await resp.send(body[i : i + 7])
@@ -135,6 +138,12 @@ async def test_garbage_answer(agent_server):
 
 
 def test_spec_repr_hides_url_and_headers():
-    agent = AgentSpec(id="a", name="A", kind="n8n", url="https://user:pw@hooks.example.com/webhook/SECRETKEY", headers={"X-Api-Key": "SECRET"})
+    agent = AgentSpec(
+        id="a",
+        name="A",
+        kind="n8n",
+        url="https://user:pw@hooks.example.com/webhook/SECRETKEY",
+        headers={"X-Api-Key": "SECRET"},
+    )
     text = repr(agent) + repr(attrs.evolve(agent))
     assert "SECRETKEY" not in text and "pw" not in text and "SECRET" not in text

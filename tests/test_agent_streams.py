@@ -50,6 +50,7 @@ async def failure(agent) -> AgentError:
 
 # --- compression ------------------------------------------------------------------------------------
 
+
 async def test_gzipped_n8n_stream_is_decoded_piece_by_piece(agent_server):
     """n8n's streaming answer, gzipped and flushed per line: each piece is spoken as it arrives,
     not after the end (the server waits until the client has the first piece)."""
@@ -186,6 +187,7 @@ async def test_gzipped_answer_is_stored_decoded_and_garbage_is_stored_failed(set
 
 # --- keepalives -------------------------------------------------------------------------------------
 
+
 async def test_n8n_keepalives_are_not_the_first_byte(agent_server):
     async def handler(req, resp):
         out = Compressed(resp)
@@ -270,6 +272,7 @@ async def test_connection_lost_after_keepalives_is_not_retried(agent_server):
 
 # --- n8n restarting ---------------------------------------------------------------------------------
 
+
 async def test_n8n_not_registered_404_is_retried_within_the_budget(agent_server):
     """For ~8 s after a restart n8n answers 404 "not registered" while it activates workflows;
     nothing ran, so it is retried like a 503 (within `retries`)."""
@@ -301,6 +304,7 @@ async def test_n8n_not_registered_404_fails_clearly_when_the_budget_is_spent(age
 
 
 # --- openai -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "error_event",
@@ -337,7 +341,9 @@ async def test_openai_request_bounds_the_answer(agent_server):
         bodies.append(req.json())
         await resp.respond(200, {"choices": [{"message": {"role": "assistant", "content": "Short."}}]})
 
-    cfg = parse_agents('[[agents]]\nid = "llm"\nkind = "openai"\nurl = "http://x/v1/chat/completions"\nmodel = "m"\n', "a.toml", env={})
+    cfg = parse_agents(
+        '[[agents]]\nid = "llm"\nkind = "openai"\nurl = "http://x/v1/chat/completions"\nmodel = "m"\n', "a.toml", env={}
+    )
     default = cfg.agents[0]
     assert default.max_tokens == 300 and default.temperature == 0.7  # bounded by default
     url = await agent_server(handler)
@@ -347,17 +353,22 @@ async def test_openai_request_bounds_the_answer(agent_server):
     assert (bodies[1]["max_tokens"], bodies[1]["temperature"]) == (64, 0.0)
 
 
-@pytest.mark.parametrize(("line", "what"), [("max_tokens = 0", "max_tokens"), ("temperature = 3.5", "temperature"),
-                                            ('temperature = "hot"', "temperature")])
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [("max_tokens = 0", "max_tokens"), ("temperature = 3.5", "temperature"), ('temperature = "hot"', "temperature")],
+)
 def test_openai_bounds_are_validated(line, what):
     from voxbridge.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        parse_agents(f'[[agents]]\nid = "llm"\nkind = "openai"\nurl = "http://x/v1"\nmodel = "m"\n{line}\n', "a.toml", env={})
+        parse_agents(
+            f'[[agents]]\nid = "llm"\nkind = "openai"\nurl = "http://x/v1"\nmodel = "m"\n{line}\n', "a.toml", env={}
+        )
     assert what in str(err.value) and "a.toml:6" in str(err.value)
 
 
 # --- check --reach ----------------------------------------------------------------------------------
+
 
 async def test_reach_probe_openai_models_and_webhook_host_only(agent_server):
     from voxbridge.agents.health import probe_agent
@@ -376,7 +387,9 @@ async def test_reach_probe_openai_models_and_webhook_host_only(agent_server):
     async with make_http_client() as http:
         served = await probe_agent(spec(f"{url}/v1/chat/completions", kind="openai", model="llama3", api_key="k"), http)
         missing = await probe_agent(spec(f"{url}/v1/chat/completions", kind="openai", model="gpt-9", api_key="k"), http)
-        refused = await probe_agent(spec(f"{url}/v1/chat/completions", kind="openai", model="llama3", api_key="x"), http)
+        refused = await probe_agent(
+            spec(f"{url}/v1/chat/completions", kind="openai", model="llama3", api_key="x"), http
+        )
         hook = await probe_agent(spec(f"{url}/hook", kind="webhook"), http)
     assert served.state == "ok" and missing.state == refused.state == "FAIL"
     assert "llama3, qwen" in missing.detail and "API key" in refused.detail
@@ -394,8 +407,10 @@ async def test_n8n_starting_up_answers_are_retried_not_spoken(agent_server):
         if len(calls) == 1:
             await resp.respond(200, "n8n is starting up. Please wait", "text/html; charset=utf-8")
         elif len(calls) == 2:
-            page = ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
-                    "</head>\n<body>\n<pre>Cannot POST /webhook/general</pre>\n</body>\n</html>\n")
+            page = (
+                '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n'
+                "</head>\n<body>\n<pre>Cannot POST /webhook/general</pre>\n</body>\n</html>\n"
+            )
             await resp.respond(404, page, "text/html; charset=utf-8")
         else:  # a "Respond with Text" answer: n8n sends it as text/html too
             await resp.respond(200, "Ready now.", "text/html; charset=utf-8")

@@ -61,14 +61,14 @@ def test_good_file_parses_with_env_interpolation():
 @pytest.mark.parametrize(
     ("edit", "line", "reason"),
     [
-        (("kind = \"n8n\"", "kind = \"smtp\""), 8, "unknown kind 'smtp'"),
-        (("id = \"tech\"", "id = \"general\""), 12, "duplicate agent id 'general'"),
-        (("agents = [\"tech\", \"general\"]", "agents = [\"tech\", \"nobody\"]"), 31, "no agent with id 'nobody'"),
-        (("url = \"http://127.0.0.1:9/tech\"", "url = \"ftp://x\""), 14, "not an http(s) URL"),
-        (("keywords = [\"bug\", \"Error\"]", "keywords = \"bug\""), 15, "expected a list of strings"),
-        (("model = \"llama3\"", "modle = \"llama3\""), 24, "unknown key"),
-        (("default_agent = \"general\"", "default_agent = \"ghost\""), 4, "no agent with id 'ghost'"),
-        (("strategy = \"content_based\"", "strategy = \"random\""), 3, "unknown strategy"),
+        (('kind = "n8n"', 'kind = "smtp"'), 8, "unknown kind 'smtp'"),
+        (('id = "tech"', 'id = "general"'), 12, "duplicate agent id 'general'"),
+        (('agents = ["tech", "general"]', 'agents = ["tech", "nobody"]'), 31, "no agent with id 'nobody'"),
+        (('url = "http://127.0.0.1:9/tech"', 'url = "ftp://x"'), 14, "not an http(s) URL"),
+        (('keywords = ["bug", "Error"]', 'keywords = "bug"'), 15, "expected a list of strings"),
+        (('model = "llama3"', 'modle = "llama3"'), 24, "unknown key"),
+        (('default_agent = "general"', 'default_agent = "ghost"'), 4, "no agent with id 'ghost'"),
+        (('strategy = "content_based"', 'strategy = "random"'), 3, "unknown strategy"),
         (("[[rules]]", "[[rules]\n"), 28, "invalid TOML"),
     ],
 )
@@ -81,8 +81,15 @@ def test_errors_name_file_line_and_reason(edit, line, reason):
     assert reason in str(err.value)
 
 
-@pytest.mark.parametrize(("pattern", "reason"), [("(?=a)b", "lookarounds"), ("(a?){300}a{300}", "too complex"),
-                                                ("(a)\\\\1", "backreferences"), ("([a-z", "invalid regex")])
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(?=a)b", "lookarounds"),
+        ("(a?){300}a{300}", "too complex"),
+        ("(a)\\\\1", "backreferences"),
+        ("([a-z", "invalid regex"),
+    ],
+)
 def test_dangerous_or_broken_regexes_are_rejected_at_load(pattern, reason):
     import re
 

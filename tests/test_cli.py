@@ -12,8 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def vbx(*args, cwd=ROOT, env=None, timeout=120):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "voxbridge", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "voxbridge", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_say_routes_and_streams_the_answer(tmp_path):
@@ -27,8 +33,16 @@ def test_say_routes_and_streams_the_answer(tmp_path):
 
 
 def test_say_failure_exits_1_without_leaking_the_url(tmp_path):
-    r = vbx("say", "--store", f"sqlite:///{tmp_path / 's.db'}", "hello",
-            env={"GENERAL_WEBHOOK_URL": "http://127.0.0.1:1/webhook/SECRET-KEY-123", "TECH_WEBHOOK_URL": "http://127.0.0.1:1/x"})
+    r = vbx(
+        "say",
+        "--store",
+        f"sqlite:///{tmp_path / 's.db'}",
+        "hello",
+        env={
+            "GENERAL_WEBHOOK_URL": "http://127.0.0.1:1/webhook/SECRET-KEY-123",
+            "TECH_WEBHOOK_URL": "http://127.0.0.1:1/x",
+        },
+    )
     assert r.returncode == 1
     assert "failed: connect_failed" in r.stdout
     assert "SECRET-KEY-123" not in r.stdout + r.stderr
@@ -55,9 +69,11 @@ async def test_check_reach_probes_each_agent(tmp_path, agent_server):
 
     url = await agent_server(handler)
     f = tmp_path / "agents.toml"
-    f.write_text(f'[[agents]]\nid = "up"\nkind = "n8n"\nurl = "{url}/webhook/up"\n\n'
-                 f'[[agents]]\nid = "gone"\nkind = "n8n"\nurl = "{url}/webhook/gone"\n\n'
-                 f'[[agents]]\nid = "down"\nkind = "n8n"\nurl = "http://127.0.0.1:1/x"\nconnect_timeout_s = 1\n')
+    f.write_text(
+        f'[[agents]]\nid = "up"\nkind = "n8n"\nurl = "{url}/webhook/up"\n\n'
+        f'[[agents]]\nid = "gone"\nkind = "n8n"\nurl = "{url}/webhook/gone"\n\n'
+        f'[[agents]]\nid = "down"\nkind = "n8n"\nurl = "http://127.0.0.1:1/x"\nconnect_timeout_s = 1\n'
+    )
     r = await trio.to_thread.run_sync(lambda: vbx("check", "--reach", "--agents", str(f)))
     assert r.returncode == 1
     lines = {line.split()[1]: line for line in r.stdout.splitlines() if line.strip().startswith("reach")}
@@ -73,8 +89,19 @@ def test_bad_setting_from_env_is_named(tmp_path):
 
 def test_simulate_cli_end_to_end(tmp_path):
     out = tmp_path / "sim"
-    r = vbx("simulate", "--demo-agents", "--fast", "--no-progress", "--out", str(out),
-            "--say", "alice:what is the capital of France", "--say", "bob@0.5:there is a bug in my code", timeout=300)
+    r = vbx(
+        "simulate",
+        "--demo-agents",
+        "--fast",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--say",
+        "alice:what is the capital of France",
+        "--say",
+        "bob@0.5:there is a bug in my code",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "2 turns (2 answered)" in r.stdout
     assert "route → tech (rule)" in r.stdout and "route → general (fallback)" in r.stdout

@@ -11,8 +11,13 @@ def test_defaults_match_the_shipped_example():
 
 
 def test_env_overrides_with_types():
-    s = load_settings(env={"VOXBRIDGE_VAD__SILENCE_MS": "600", "VOXBRIDGE_PLAYBACK__BARGE_IN": "off",
-                           "VOXBRIDGE_STT__MODEL": "small.en"})
+    s = load_settings(
+        env={
+            "VOXBRIDGE_VAD__SILENCE_MS": "600",
+            "VOXBRIDGE_PLAYBACK__BARGE_IN": "off",
+            "VOXBRIDGE_STT__MODEL": "small.en",
+        }
+    )
     assert s.vad.silence_ms == 600
     assert s.playback.barge_in is False
     assert s.stt.model == "small.en"
@@ -26,7 +31,12 @@ def test_env_overrides_with_types():
         ("[stt]\nmodle = 'x'\n", {}, "[stt].modle", "unknown setting"),
         ("[sttt]\n", {}, "[sttt]", "unknown section"),
         ("", {"VOXBRIDGE_VAD__THRESHOLD": "2"}, "VOXBRIDGE_VAD__THRESHOLD", "between 0 and 1"),
-        ("", {"VOXBRIDGE_STT__MAX_CONCURRENT_TRANSCRIPTIONS": "many"}, "VOXBRIDGE_STT__MAX_CONCURRENT_TRANSCRIPTIONS", "expected an integer"),
+        (
+            "",
+            {"VOXBRIDGE_STT__MAX_CONCURRENT_TRANSCRIPTIONS": "many"},
+            "VOXBRIDGE_STT__MAX_CONCURRENT_TRANSCRIPTIONS",
+            "expected an integer",
+        ),
         ("[vad]\nearly_ms = 900\n", {}, "[vad].early_ms", "must be < silence_ms"),
         ("[vad\n", {}, "voxbridge.toml:1", "invalid TOML"),
         ("[stt]\ndevice = 'tpu'\n", {}, "[stt].device", "must be one of"),

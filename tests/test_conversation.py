@@ -17,16 +17,19 @@ from voxbridge.core.services import open_services
 from .helpers import SpeechMaker, wer
 
 
-@pytest.mark.parametrize(("heard", "expected"), [
-    ("VoxBridge, what time is it?", "what time is it?"),
-    ("Buck's Bridge. What time is it?", "What time is it?"),  # how tiny.en hears Piper's "VoxBridge"
-    ("Box Bridge, tell me a joke.", "tell me a joke."),
-    ("Hey Vox Bridge, how far away is the moon?", "how far away is the moon?"),
-    ("What time is it?", None),
-    ("What time is it, VoxBridge?", None),  # addressing happens at the start
-    ("Books bring joy to everyone", None),
-    ("VoxBridge.", ""),
-])
+@pytest.mark.parametrize(
+    ("heard", "expected"),
+    [
+        ("VoxBridge, what time is it?", "what time is it?"),
+        ("Buck's Bridge. What time is it?", "What time is it?"),  # how tiny.en hears Piper's "VoxBridge"
+        ("Box Bridge, tell me a joke.", "tell me a joke."),
+        ("Hey Vox Bridge, how far away is the moon?", "how far away is the moon?"),
+        ("What time is it?", None),
+        ("What time is it, VoxBridge?", None),  # addressing happens at the start
+        ("Books bring joy to everyone", None),
+        ("VoxBridge.", ""),
+    ],
+)
 def test_addressed_matches_the_name_by_sound_and_strips_it(heard, expected):
     assert addressed(heard, ["VoxBridge", "hey voxbridge"]) == expected
 
@@ -34,7 +37,9 @@ def test_addressed_matches_the_name_by_sound_and_strips_it(heard, expected):
 def test_sound_key_and_split_message():
     assert sound_key("VoxBridge") == sound_key("Vox Bridge") == sound_key("Fox-bridge") == "FKSPRJ"  # Double Metaphone
     parts = split_message("A sentence that goes on. " * 300, 2000)
-    assert all(len(p) <= 2000 for p in parts) and "".join(parts).replace(" ", "") == ("A sentence that goes on. " * 300).replace(" ", "")
+    assert all(len(p) <= 2000 for p in parts) and "".join(parts).replace(" ", "") == (
+        "A sentence that goes on. " * 300
+    ).replace(" ", "")
 
 
 def test_echo_guard_window():
@@ -94,8 +99,12 @@ async def _settle(channel, handles):
     await channel.playback.wait_idle()
 
 
-async def test_addressed_mode_routes_only_utterances_that_call_the_bot(settings, stt, piper, speech, agent_server, nursery):
-    services, cm, channel, agent, sink, posted = await _room(settings, piper, stt, agent_server, nursery, mode="addressed")
+async def test_addressed_mode_routes_only_utterances_that_call_the_bot(
+    settings, stt, piper, speech, agent_server, nursery
+):
+    services, cm, channel, agent, sink, posted = await _room(
+        settings, piper, stt, agent_server, nursery, mode="addressed"
+    )
     try:
         a = await _say(channel, speech, "alice", "VoxBridge, what time is it?")
         b = await _say(channel, speech, "bob", "What time is it?")
@@ -107,13 +116,20 @@ async def test_addressed_mode_routes_only_utterances_that_call_the_bot(settings,
     assert wer("what time is it", agent.payloads[0]["text"]) <= 0.25  # the name was stripped before routing
     assert turns["alice"]["status"] == "answered"
     assert turns["bob"]["status"] == "not_routed"
-    assert turns["bob"]["flags"] == {"mode": "addressed", "mode_reason": "set with /voxbridge mode", "not_routed": "not_addressed"}
+    assert turns["bob"]["flags"] == {
+        "mode": "addressed",
+        "mode_reason": "set with /voxbridge mode",
+        "not_routed": "not_addressed",
+    }
     assert wer("What time is it?", turns["bob"]["transcript"]) <= 0.25  # still stored: transcribed, not routed
 
 
-async def test_more_people_than_the_threshold_switches_to_addressed(settings, stt, piper, speech, agent_server, nursery):
-    services, cm, channel, agent, sink, posted = await _room(settings, piper, stt, agent_server, nursery,
-                                                             humans=3, addressed_above_humans=2)
+async def test_more_people_than_the_threshold_switches_to_addressed(
+    settings, stt, piper, speech, agent_server, nursery
+):
+    services, cm, channel, agent, sink, posted = await _room(
+        settings, piper, stt, agent_server, nursery, humans=3, addressed_above_humans=2
+    )
     try:
         assert channel.effective_mode() == ("addressed", "3 people in the channel")
         channel.humans = 2
@@ -128,9 +144,12 @@ async def test_more_people_than_the_threshold_switches_to_addressed(settings, st
     assert turn["flags"]["mode_reason"] == "3 people in the channel"
 
 
-async def test_transcribe_mode_calls_no_agent_and_mirrors_transcripts(settings, stt, piper, speech, agent_server, nursery):
-    services, cm, channel, agent, sink, posted = await _room(settings, piper, stt, agent_server, nursery,
-                                                             mode="transcribe", mirror=True)
+async def test_transcribe_mode_calls_no_agent_and_mirrors_transcripts(
+    settings, stt, piper, speech, agent_server, nursery
+):
+    services, cm, channel, agent, sink, posted = await _room(
+        settings, piper, stt, agent_server, nursery, mode="transcribe", mirror=True
+    )
     try:
         a = await _say(channel, speech, "alice", "Let us start the weekly planning meeting.")
         b = await _say(channel, speech, "bob", "VoxBridge, please take notes.")
@@ -162,11 +181,13 @@ async def test_the_bots_own_answer_fed_back_is_not_routed(settings, stt, piper, 
         await cm.__aexit__(None, None, None)
     assert len(agent.payloads) == 1
     assert turns["bob"]["status"] == "not_routed" and turns["bob"]["flags"]["not_routed"] == "echo"
-    assert services.counters["not_routed_echo"] == 1
+    assert services.metrics.counts()["not_routed_echo"] == 1
     assert not any(p.startswith("**bob**") for p in posted)  # echo is not mirrored either
 
 
-async def test_opted_out_user_is_not_heard_and_the_choice_survives_a_restart(settings, stt, piper, speech, agent_server, nursery):
+async def test_opted_out_user_is_not_heard_and_the_choice_survives_a_restart(
+    settings, stt, piper, speech, agent_server, nursery
+):
     services, cm, channel, agent, sink, posted = await _room(settings, piper, stt, agent_server, nursery)
     try:
         control = Control(services, nursery)

@@ -71,7 +71,9 @@ def assert_one_group(role: DaveGatewayRole, router: DaveRouter) -> None:
         assert m.ready, f"user {uid} not ready ({s.status})"
         assert s.status == davey.SessionStatus.active
         assert s.epoch == role.epoch, f"user {uid} at epoch {s.epoch}, gateway at {role.epoch}"
-        assert s.own_leaf_index == role.members[uid], f"user {uid}: leaf {s.own_leaf_index} vs gateway {role.members[uid]}"
+        assert s.own_leaf_index == role.members[uid], (
+            f"user {uid}: leaf {s.own_leaf_index} vs gateway {role.members[uid]}"
+        )
         assert sorted(int(u) for u in s.get_user_ids()) == sorted(members)
         codes.add(s.voice_privacy_code)
     assert len(codes) == 1, f"members see different epoch authenticators: {codes}"
@@ -357,8 +359,11 @@ def test_commit_welcome_split_and_per_joiner_welcome():
     router.pump()
     assert_one_group(role, router)
 
-    winner = next(data for data in received if split_commit_welcome(data)[1] is not None
-                  and len(parse_welcome(split_commit_welcome(data)[1]).secrets) == 2)
+    winner = next(
+        data
+        for data in received
+        if split_commit_welcome(data)[1] is not None and len(parse_welcome(split_commit_welcome(data)[1]).secrets) == 2
+    )
     commit, welcome = split_commit_welcome(winner)
     assert winner == commit + welcome
     ((_, announced),) = [(u, p) for u, p in sent[OP_ANNOUNCE_COMMIT] if u == BOT][-1:]

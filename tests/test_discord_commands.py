@@ -41,9 +41,16 @@ def with_app(settings, body):
             cfg = parse_agents(AGENTS, "agents.toml", env={})
             async with open_services(settings, agents=cfg, stt=False, tts=False) as services:
                 bot, guild = offline_bot()
-                app = VoxApp(settings, Control(services, nursery), Bridge(loop, trio.lowlevel.current_trio_token(), nursery), bot)
+                app = VoxApp(
+                    settings, Control(services, nursery), Bridge(loop, trio.lowlevel.current_trio_token(), nursery), bot
+                )
                 cmds = {c.name: c for c in build_commands(app)}
-                sub = {f"{g.name} {c.name}": c for g in cmds.values() if isinstance(g, discord.SlashCommandGroup) for c in g.subcommands}
+                sub = {
+                    f"{g.name} {c.name}": c
+                    for g in cmds.values()
+                    if isinstance(g, discord.SlashCommandGroup)
+                    for c in g.subcommands
+                }
                 result = await body(app, bot, {**cmds, **sub}, services)
             nursery.cancel_scope.cancel()
             return result
@@ -90,20 +97,57 @@ def test_agent_list_select_info_clear(settings):
 def test_autocomplete_comes_from_the_live_registry(settings):
     async def body(app, bot, cmd, services):
         group = cmd["agent"]
-        interaction = discord.Interaction(data={
-            "id": "2", "application_id": "9", "type": 4, "token": "t", "version": 1, "guild_id": "100", "channel_id": "200",
-            "member": {"user": {"id": "11", "username": "alice", "discriminator": "0", "global_name": "Alice", "avatar": None},
-                       "roles": ["7"], "joined_at": "2026-01-01T00:00:00+00:00", "deaf": False, "mute": False, "permissions": "0"},
-            "data": {"id": "5", "name": "agent", "type": 1,
-                     "options": [{"name": "select", "type": 1, "options": [{"name": "name", "type": 3, "value": "te", "focused": True}]}]},
-        }, state=bot._connection)
+        interaction = discord.Interaction(
+            data={
+                "id": "2",
+                "application_id": "9",
+                "type": 4,
+                "token": "t",
+                "version": 1,
+                "guild_id": "100",
+                "channel_id": "200",
+                "member": {
+                    "user": {
+                        "id": "11",
+                        "username": "alice",
+                        "discriminator": "0",
+                        "global_name": "Alice",
+                        "avatar": None,
+                    },
+                    "roles": ["7"],
+                    "joined_at": "2026-01-01T00:00:00+00:00",
+                    "deaf": False,
+                    "mute": False,
+                    "permissions": "0",
+                },
+                "data": {
+                    "id": "5",
+                    "name": "agent",
+                    "type": 1,
+                    "options": [
+                        {
+                            "name": "select",
+                            "type": 1,
+                            "options": [{"name": "name", "type": 3, "value": "te", "focused": True}],
+                        }
+                    ],
+                },
+            },
+            state=bot._connection,
+        )
         response = RecordingResponse(interaction)
         interaction._cs_response = response
         await app.bridge.aio(group.invoke_autocomplete_callback(discord.AutocompleteContext(bot, interaction)))
         # the registry changes (a reload): autocomplete follows at once
         services.agents.swap(parse_agents(AGENTS.replace('id = "tech"', 'id = "techno"'), "agents.toml", env={}))
-        interaction.data = {"id": "5", "name": "agent", "type": 1,
-                            "options": [{"name": "select", "type": 1, "options": [{"name": "name", "type": 3, "value": "te", "focused": True}]}]}
+        interaction.data = {
+            "id": "5",
+            "name": "agent",
+            "type": 1,
+            "options": [
+                {"name": "select", "type": 1, "options": [{"name": "name", "type": 3, "value": "te", "focused": True}]}
+            ],
+        }
         await app.bridge.aio(group.invoke_autocomplete_callback(discord.AutocompleteContext(bot, interaction)))
         return [r["choices"] for r in response.records]
 
@@ -169,7 +213,9 @@ def test_token_resolution_never_shows_the_token(settings, tmp_path):
     f.write_text("from-file")
     s2 = attrs.evolve(settings, discord=attrs.evolve(settings.discord, token_file=str(f)))
     assert resolve_token(s2, env={}) == "from-file"
-    assert resolve_token(s2, env={"DISCORD_TOKEN": "from-env"}) == "from-file"  # the configured file comes first, as documented
+    assert (
+        resolve_token(s2, env={"DISCORD_TOKEN": "from-env"}) == "from-file"
+    )  # the configured file comes first, as documented
     with pytest.raises(ConfigError, match="no Discord bot token"):
         resolve_token(settings, env={})
 
@@ -197,8 +243,17 @@ def test_member_leaving_the_channel_cancels_their_speaker_and_follow_joins(setti
         channel = await app.control.join(str(GUILD_ID), str(VOICE_ID), CollectSink())
         alice = member(guild, 11, "alice")
         handle = channel.add_speaker("11", "alice")
-        data = {"channel_id": str(VOICE_ID), "session_id": "s", "deaf": False, "mute": False, "self_deaf": False,
-                "self_mute": False, "self_video": False, "suppress": False, "request_to_speak_timestamp": None}
+        data = {
+            "channel_id": str(VOICE_ID),
+            "session_id": "s",
+            "deaf": False,
+            "mute": False,
+            "self_deaf": False,
+            "self_mute": False,
+            "self_video": False,
+            "suppress": False,
+            "request_to_speak_timestamp": None,
+        }
         inside = discord.VoiceState(data=data, channel=voice)
         outside = discord.VoiceState(data={**data, "channel_id": None}, channel=None)
         await app.bridge.aio(app.on_voice_state_update(alice, inside, outside))
@@ -238,8 +293,13 @@ def test_mode_and_ignore_me_commands(settings):
         channel.add_speaker("11", "alice")
         ctx = command_context(bot, 11, "alice")
         await app.bridge.aio(cmd["voxbridge ignore-me"](ctx))
-        out["ignored"] = (ctx.replies[-1]["embed"].title, "11" in services.ignored, "11" in channel.speakers,
-                          channel.add_speaker("11", "alice"), await services.store.ignored_users())
+        out["ignored"] = (
+            ctx.replies[-1]["embed"].title,
+            "11" in services.ignored,
+            "11" in channel.speakers,
+            channel.add_speaker("11", "alice"),
+            await services.store.ignored_users(),
+        )
         ctx = command_context(bot, 11, "alice")
         await app.bridge.aio(cmd["voxbridge ignore-me"](ctx))
         out["back"] = (ctx.replies[-1]["embed"].title, await services.store.ignored_users())
@@ -262,7 +322,9 @@ def test_shard_settings_make_a_sharded_bot(settings):
     async def build(s):  # as in production: inside py-cord's running loop
         return make_bot(s)
 
-    sharded = asyncio.run(build(attrs.evolve(settings, discord=attrs.evolve(settings.discord, shard_count=4, shard_ids=("2", "3")))))
+    sharded = asyncio.run(
+        build(attrs.evolve(settings, discord=attrs.evolve(settings.discord, shard_count=4, shard_ids=("2", "3"))))
+    )
     assert isinstance(sharded, discord.AutoShardedBot) and sharded.shard_count == 4 and sharded.shard_ids == [2, 3]
     assert not isinstance(asyncio.run(build(settings)), discord.AutoShardedBot)
 
@@ -273,7 +335,7 @@ def test_discord_joins_respect_another_instances_voice_lock(settings, redis_url)
     import pytest
 
     from voxbridge.core.control import ControlError
-    from voxbridge.ops.ownership import Ownership
+    from voxbridge.store.ownership import Ownership
     from voxbridge.store.redis_layer import RedisLayer
     from voxbridge.store.sqlite import SqliteStore
 

@@ -77,8 +77,15 @@ def test_dave_three_members_heard_and_answered_e2ee_both_ways(settings, stt, pip
         turns = {uid: await wait_turns(w, uid) for uid in LINES}
         await wait_bot_done(w, played=sum(len(t) for t in turns.values()))
         heard = await transcribe_pcm(stt, w.server.bot_audio())
-        return (turns, heard, w.server.counters.copy(), w.server.dave.e2ee_sent.copy(), epoch,
-                w.vc.is_dave_connection(), set(w.server.dave.role.members))
+        return (
+            turns,
+            heard,
+            w.server.counters.copy(),
+            w.server.dave.e2ee_sent.copy(),
+            epoch,
+            w.vc.is_dave_connection(),
+            set(w.server.dave.role.members),
+        )
 
     turns, heard, counters, e2ee, epoch, dave, group = run_wire(settings, stt, piper, body, server_options=DAVE)
     assert dave and group == {BOT_ID, *LINES} and epoch >= 1, (group, epoch)
@@ -127,8 +134,9 @@ def test_dave_downgrade_to_transport_only_mid_call_both_ways(settings, stt, pipe
         await srv.downgrade_dave()  # op 21 (v0) -> op 23 from everyone -> op 22
         conn = w.vc._connection
         with trio.fail_after(WAIT_S):
-            while not (conn.dave_protocol_version == 0 and conn.downgraded_dave
-                       and not srv.dave.role.pending_transitions()):
+            while not (
+                conn.dave_protocol_version == 0 and conn.downgraded_dave and not srv.dave.role.pending_transitions()
+            ):
                 await trio.sleep(0.05)
         then = await exchange(w, stt, 11, after, 2, played=2)
         return first, then, srv.counters.copy()

@@ -60,7 +60,7 @@ def tone_frames(n: int, freq: float = 440.0) -> list[bytes]:
     t = np.arange(960 * n) / 48000
     mono = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
     stereo = np.repeat(mono, 2).tobytes()
-    return [enc.encode(stereo[i * 3840:(i + 1) * 3840], 960) for i in range(n)]
+    return [enc.encode(stereo[i * 3840 : (i + 1) * 3840], 960) for i in range(n)]
 
 
 class Clock:

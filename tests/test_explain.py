@@ -102,7 +102,10 @@ def test_say_explain_prints_the_trace(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "route: fallback -> general" in out
-    assert "  why: rule code-questions: no: none of match.keywords ['bug', 'error', 'stack trace'] is in the transcript" in out
+    assert (
+        "  why: rule code-questions: no: none of match.keywords ['bug', 'error', 'stack trace'] is in the transcript"
+        in out
+    )
     assert "  why: fallback general: chosen: the default agent" in out
     r = vbx("say", "--demo-agents", "--store", f"sqlite:///{tmp_path / 's.db'}", "hello there")
     assert "why:" not in r.stdout

@@ -9,8 +9,9 @@ import trio
 from voxbridge.agents.config import parse_agents
 from voxbridge.core.playback import CollectSink, Playback
 from voxbridge.core.services import open_services
-from voxbridge.core.speaker import SpeakerInfo
-from voxbridge.core.turn import FIRST_CHUNK_WAIT_S, answer_transcript
+from voxbridge.core.speech import FIRST_CHUNK_WAIT_S
+from voxbridge.core.turn import answer_transcript
+from voxbridge.core.utterance import SpeakerInfo
 from voxbridge.stt import Transcript
 from voxbridge.tts.splitter import ClauseSplitter
 
@@ -43,8 +44,9 @@ def test_first_chunk_then_normal_sentences():
 
 
 def agents_config(url):
-    return parse_agents(f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "{url}/general"\nretries = 0\n',
-                        "t.toml", env={})
+    return parse_agents(
+        f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "{url}/general"\nretries = 0\n', "t.toml", env={}
+    )
 
 
 async def test_slow_agent_first_words_are_spoken_before_the_sentence_ends(settings, piper, agent_server):
@@ -58,20 +60,28 @@ async def test_slow_agent_first_words_are_spoken_before_the_sentence_ends(settin
             if tok:
                 await resp.send((json.dumps({"type": "item", "content": tok + " "}) + "\n").encode())
                 sent_at[i] = time.perf_counter()
-                await trio.sleep(0.15)  # a slow model: ~7 tokens per second
+                await trio.sleep(0.5)  # a slow model (2 tokens/s): the first words have ~2 s to be spoken
         await resp.send((json.dumps({"type": "end"}) + "\n").encode())
         await resp.end()
 
     url = await agent_server(handler)
     clauses = []
     playback = Playback(CollectSink(), on_clause=lambda text, seconds: clauses.append((text, time.perf_counter())))
-    async with open_services(settings, agents=agents_config(url), stt=False, tts=piper) as services, \
-            trio.open_nursery() as nursery:
+    async with (
+        open_services(settings, agents=agents_config(url), stt=False, tts=piper) as services,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(playback.run)
         tr = Transcript(text="Can you look up my order?", language="en", confidence=0.9, duration_s=1.5)
         timings = {}
-        out = await answer_transcript(services, SpeakerInfo("u1", "alice", "g1", "c1"), tr,
-                                      ended_at=trio.current_time(), timings=timings, playback=playback)
+        out = await answer_transcript(
+            services,
+            SpeakerInfo("u1", "alice", "g1", "c1"),
+            tr,
+            ended_at=trio.current_time(),
+            timings=timings,
+            playback=playback,
+        )
         nursery.cancel_scope.cancel()
     assert out.status == "answered"
     assert [c for c, _ in clauses] == ["I am going to look this", "up for you right away."]
@@ -87,12 +97,20 @@ async def test_fast_agent_sentences_are_not_cut(settings, piper, agent_server):
     url = await agent_server(handler)
     clauses = []
     playback = Playback(CollectSink(), on_clause=lambda text, seconds: clauses.append(text))
-    async with open_services(settings, agents=agents_config(url), stt=False, tts=piper) as services, \
-            trio.open_nursery() as nursery:
+    async with (
+        open_services(settings, agents=agents_config(url), stt=False, tts=piper) as services,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(playback.run)
         tr = Transcript(text="Where is my order?", language="en", confidence=0.9, duration_s=1.5)
-        out = await answer_transcript(services, SpeakerInfo("u1", "alice", "g1", "c1"), tr,
-                                      ended_at=trio.current_time(), timings={}, playback=playback)
+        out = await answer_transcript(
+            services,
+            SpeakerInfo("u1", "alice", "g1", "c1"),
+            tr,
+            ended_at=trio.current_time(),
+            timings={},
+            playback=playback,
+        )
         nursery.cancel_scope.cancel()
     assert out.status == "answered"
     assert clauses == ["I am going to look this up for you right away.", "It is on its way."]
@@ -109,11 +127,21 @@ async def test_decision_is_recorded_and_never_overwrites_the_final_status(settin
     url = await agent_server(handler)
     async with open_services(settings, agents=agents_config(url), stt=False, tts=False) as services:
         spk = SpeakerInfo("u1", "alice", "g1", "c1")
-        outs = [await answer_transcript(services, spk, Transcript(text=f"question {i}", language="en", confidence=0.9,
-                                                                  duration_s=1.0),
-                                        ended_at=trio.current_time(), timings={}, playback=None) for i in range(20)]
+        outs = [
+            await answer_transcript(
+                services,
+                spk,
+                Transcript(text=f"question {i}", language="en", confidence=0.9, duration_s=1.0),
+                ended_at=trio.current_time(),
+                timings={},
+                playback=None,
+            )
+            for i in range(20)
+        ]
         rows = [await services.store.get_turn(o.turn_id) for o in outs]
         decisions = await services.store.decisions(limit=100)
     assert seen == [o.turn_id for o in outs]
-    assert all(r["status"] == "answered" and r["route_method"] == "fallback" and r["agent_id"] == "general" for r in rows)
+    assert all(
+        r["status"] == "answered" and r["route_method"] == "fallback" and r["agent_id"] == "general" for r in rows
+    )
     assert sorted(d["turn_id"] for d in decisions) == sorted(o.turn_id for o in outs)

@@ -13,9 +13,10 @@ import pytest
 import trio
 
 from scripts.attack_connections import idle_connections_scenario
-from voxbridge.logs import _FIELD, setup_logging
-from voxbridge.ops.api import ApiError, ControlApi
+from voxbridge.api.control import ApiError, ControlApi
+from voxbridge.logs import setup_logging
 
+from .helpers import KV_FIELD
 from .test_ops import TOKEN, agents_toml, start_daemon
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -24,8 +25,11 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def api_settings(settings, tmp_path):
     (tmp_path / "agents.toml").write_text(agents_toml("http://127.0.0.1:9"))
-    return attrs.evolve(settings, api=attrs.evolve(settings.api, port=0, read_timeout_s=1.0, keep_alive_s=1.0),
-                        agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")))
+    return attrs.evolve(
+        settings,
+        api=attrs.evolve(settings.api, port=0, read_timeout_s=1.0, keep_alive_s=1.0),
+        agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")),
+    )
 
 
 @pytest.fixture
@@ -70,8 +74,11 @@ async def test_malformed_http_deep_json_and_a_stalled_body_get_4xx(api_settings,
     daemon = await start_daemon(nursery, api_settings, stt, piper)
     port = daemon.api_port
     # Before: the h11 server dropped these connections without an answer.
-    for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-                    b"GET /health HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):
+    for garbage in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ):
         answer = await _raw(port, garbage)
         assert answer.startswith(b"HTTP/1.1 400"), (garbage, answer[:200])
     # Before: RecursionError -> 500.
@@ -82,8 +89,12 @@ async def test_malformed_http_deep_json_and_a_stalled_body_get_4xx(api_settings,
         assert (await http.get("/health")).status_code == 200
     # A body announced and never sent: 408 after read_timeout_s, not a connection held forever.
     with trio.fail_after(20):
-        answer = await _raw(port, b"POST /voice/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                  b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{", read_for=15)
+        answer = await _raw(
+            port,
+            b"POST /voice/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{",
+            read_for=15,
+        )
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:300]
     # Headers that never end: closed by the keep-alive timeout (1 s here) with nothing answered.
     with trio.fail_after(20):
@@ -92,14 +103,21 @@ async def test_malformed_http_deep_json_and_a_stalled_body_get_4xx(api_settings,
     daemon.request_stop()
 
 
-async def test_ids_are_validated_so_no_recording_escapes_and_no_log_line_is_forged(api_settings, stt, piper, nursery, tmp_path, logged):
+async def test_ids_are_validated_so_no_recording_escapes_and_no_log_line_is_forged(
+    api_settings, stt, piper, nursery, tmp_path, logged
+):
     log_out = logged("kv")
     daemon = await start_daemon(nursery, api_settings, stt, piper)
     state = tmp_path / "state"
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}", timeout=30) as http:
-        bad = [{"guild_id": "../../x", "channel_id": "c1"}, {"guild_id": "g1", "channel_id": "../../../etc/x"},
-               {"guild_id": "g1\nts=2026 level=error event=forged", "channel_id": "c1"}, {"guild_id": "g 1", "channel_id": "c1"},
-               {"guild_id": "g1", "channel_id": ".hidden"}, {"guild_id": "-rf", "channel_id": "c1"}]
+        bad = [
+            {"guild_id": "../../x", "channel_id": "c1"},
+            {"guild_id": "g1", "channel_id": "../../../etc/x"},
+            {"guild_id": "g1\nts=2026 level=error event=forged", "channel_id": "c1"},
+            {"guild_id": "g 1", "channel_id": "c1"},
+            {"guild_id": "g1", "channel_id": ".hidden"},
+            {"guild_id": "-rf", "channel_id": "c1"},
+        ]
         for body in bad:
             r = await http.post("/voice/join", json=body, headers=AUTH)
             assert (r.status_code, r.json()["error"]) == (422, "invalid_field"), (body, r.text)
@@ -109,12 +127,17 @@ async def test_ids_are_validated_so_no_recording_escapes_and_no_log_line_is_forg
         assert r.status_code == 422
         ok = {"guild_id": "Guild_1-sim", "channel_id": 1234567890123}  # numbers are accepted as ids too
         assert (await http.post("/voice/join", json=ok, headers=AUTH)).json()["joined"] is True
-        assert (await http.post("/voice/speak", json={"guild_id": "Guild_1-sim", "text": "Hello."}, headers=AUTH)).status_code == 202
+        assert (
+            await http.post("/voice/speak", json={"guild_id": "Guild_1-sim", "text": "Hello."}, headers=AUTH)
+        ).status_code == 202
         with trio.fail_after(60):
             while daemon.voice.played_bytes("Guild_1-sim") == 0:
                 await trio.sleep(0.1)
         left = (await http.post("/voice/leave", json={"guild_id": "Guild_1-sim"}, headers=AUTH)).json()
-    assert left["recording"].startswith(str(state / "recordings") + "/") and "Guild_1-sim-1234567890123-" in left["recording"]
+    assert (
+        left["recording"].startswith(str(state / "recordings") + "/")
+        and "Guild_1-sim-1234567890123-" in left["recording"]
+    )
     assert not list(tmp_path.parent.glob("x-*.wav")) and not list(tmp_path.glob("*.wav"))
     lines = log_out.getvalue().splitlines()
     assert any("event=recording_written guild=Guild_1-sim " in line for line in lines), lines
@@ -144,10 +167,17 @@ def test_a_logged_value_cannot_split_or_forge_a_line(fmt, logged):
     assert len(lines) == 2, lines
     assert not any("\x1b" in line or "\r" in line or "\u2028" in line for line in lines)
     if fmt == "kv":
-        fields = _FIELD.findall(lines[0])  # what a key=value parser sees
-        assert [v for k, v in fields if k == "level"] == ["info"] and ("n", "3") in fields and ("took", "0.50") in fields
+        fields = KV_FIELD.findall(lines[0])  # what a key=value parser sees
+        assert (
+            [v for k, v in fields if k == "level"] == ["info"] and ("n", "3") in fields and ("took", "0.50") in fields
+        )
         assert ("guild", json.dumps(forged)) in fields
     else:
         doc = json.loads(lines[0])
-        assert doc["guild"] == forged and doc["channel"] == "a b=c\r\x1b[31m\u2028" and doc["n"] == "3" and doc["error"] == "x\ny"
+        assert (
+            doc["guild"] == forged
+            and doc["channel"] == "a b=c\r\x1b[31m\u2028"
+            and doc["n"] == "3"
+            and doc["error"] == "x\ny"
+        )
         assert doc["level"] == "info" and doc["event"] == "join"

@@ -40,10 +40,17 @@ def sentence(piper):
 
 def test_sample_rate_zero_and_other_lying_headers_are_clear_errors(tmp_path):
     pcm = np.zeros(1600, "<i2").tobytes()
-    cases = {"rate0.wav": (wav_bytes(pcm, rate=0, channels=1, bits=16), "sample rate 0"),
-             "nochan.wav": (wav_bytes(pcm, rate=16000, channels=1, bits=16).replace(struct.pack("<HH", 1, 1), struct.pack("<HH", 1, 0), 1), "0 channels"),
-             "alaw.wav": (wav_bytes(pcm, rate=8000, channels=1, bits=16, tag=6), "neither PCM nor IEEE float"),
-             "text.wav": (b"hello, I am not audio at all", "not a WAV file")}
+    cases = {
+        "rate0.wav": (wav_bytes(pcm, rate=0, channels=1, bits=16), "sample rate 0"),
+        "nochan.wav": (
+            wav_bytes(pcm, rate=16000, channels=1, bits=16).replace(
+                struct.pack("<HH", 1, 1), struct.pack("<HH", 1, 0), 1
+            ),
+            "0 channels",
+        ),
+        "alaw.wav": (wav_bytes(pcm, rate=8000, channels=1, bits=16, tag=6), "neither PCM nor IEEE float"),
+        "text.wav": (b"hello, I am not audio at all", "not a WAV file"),
+    }
     for name, (data, reason) in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(VoxBridgeError, match=reason) as err:
@@ -57,7 +64,9 @@ def test_float32_and_extensible_wavs_read_like_pcm(sentence, tmp_path):
     stereo16 = np.repeat(pcm16, 2)  # the same signal on both channels
     files = {
         "float32.wav": wav_bytes(audio.astype("<f4").tobytes(), rate=rate, channels=1, bits=32, tag=3),
-        "float64_ext.wav": wav_bytes(audio.astype("<f8").tobytes(), rate=rate, channels=1, bits=64, tag=3, extensible=True),
+        "float64_ext.wav": wav_bytes(
+            audio.astype("<f8").tobytes(), rate=rate, channels=1, bits=64, tag=3, extensible=True
+        ),
         "pcm16_ext_stereo.wav": wav_bytes(stereo16.tobytes(), rate=rate, channels=2, bits=16, extensible=True),
     }
     for name, data in files.items():
@@ -75,15 +84,21 @@ def test_repeated_phantom_phrase_is_dropped_whatever_the_confidence():
 
 def _transcribe(tmp_path, *files) -> tuple[subprocess.CompletedProcess, int]:
     """`voxbridge transcribe` in a child that reports its own peak RSS (MiB) last on stderr."""
-    script = ("import resource, sys\nfrom voxbridge.cli import main\ncode = main(['transcribe', *sys.argv[1:]])\n"
-              "print(f'peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}', file=sys.stderr)\n"
-              "sys.exit(code)")
-    r = subprocess.run([sys.executable, "-c", script, *map(str, files)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    script = (
+        "import resource, sys\nfrom voxbridge.cli import main\ncode = main(['transcribe', *sys.argv[1:]])\n"
+        "print(f'peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}', file=sys.stderr)\n"
+        "sys.exit(code)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script, *map(str, files)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     peak = int(r.stderr.rsplit("peak_rss_mib=", 1)[1].split()[0]) if "peak_rss_mib=" in r.stderr else -1
     return r, peak
 
 
-def test_transcribe_an_hour_of_silence_prints_nothing_in_bounded_memory_and_bad_files_do_not_stop_the_rest(sentence, tmp_path):
+def test_transcribe_an_hour_of_silence_prints_nothing_in_bounded_memory_and_bad_files_do_not_stop_the_rest(
+    sentence, tmp_path
+):
     audio, rate = sentence
     speech = tmp_path / "speech_float32.wav"
     speech.write_bytes(wav_bytes(audio.astype("<f4").tobytes(), rate=rate, channels=1, bits=32, tag=3))

@@ -27,8 +27,10 @@ HOSTILE_TEXTS = ["a" * 4000 + "!", "word " * 800 + "!", "a" * 25, "=" * 4000]
 def _route_all_in_a_subprocess(tmp_path, timeout_s: float) -> subprocess.CompletedProcess:
     """Route hostile transcripts through rules with hostile regexes, in a child process that can
     be killed: a catastrophic match holds the GIL, so a thread could not be abandoned."""
-    rules = "".join(f"[[rules]]\nid = \"r{i}\"\nagents = [\"general\"]\npriority = {i}\nmatch = {{ regex = '{p}' }}\n"
-                    for i, p in enumerate(HOSTILE_REGEXES))
+    rules = "".join(
+        f'[[rules]]\nid = "r{i}"\nagents = ["general"]\npriority = {i}\nmatch = {{ regex = \'{p}\' }}\n'
+        for i, p in enumerate(HOSTILE_REGEXES)
+    )
     path = tmp_path / "agents.toml"
     path.write_text(AGENT + rules)
     script = f"""
@@ -68,10 +70,17 @@ def test_rule_regex_engine_is_linear_and_limits_its_program():
 
 
 def _agents_text(n: int) -> str:
-    return "[routing]\nstrategy = \"content_based\"\n" + "".join(
-        f'[[agents]]\nid = "a{i}"\nname = "Agent {i}"\nkind = "n8n"\nurl = "http://127.0.0.1:9/a{i}"\n'
-        f'keywords = ["k{i}"]\npriority = {i % 100}\n\n' for i in range(n)) + "".join(
-        f'[[rules]]\nid = "r{i}"\nagents = ["a{i}"]\n[rules.match]\nkeywords = ["w{i}"]\n' for i in range(n // 10))
+    return (
+        '[routing]\nstrategy = "content_based"\n'
+        + "".join(
+            f'[[agents]]\nid = "a{i}"\nname = "Agent {i}"\nkind = "n8n"\nurl = "http://127.0.0.1:9/a{i}"\n'
+            f'keywords = ["k{i}"]\npriority = {i % 100}\n\n'
+            for i in range(n)
+        )
+        + "".join(
+            f'[[rules]]\nid = "r{i}"\nagents = ["a{i}"]\n[rules.match]\nkeywords = ["w{i}"]\n' for i in range(n // 10)
+        )
+    )
 
 
 def test_ten_thousand_agents_parse_in_linear_time(tmp_path):
@@ -79,7 +88,11 @@ def test_ten_thousand_agents_parse_in_linear_time(tmp_path):
     1 s for 10,000 (half of it tomllib); 20 s is a 10x sanity bound over the 2 s target."""
     path = tmp_path / "agents.toml"
     path.write_text(_agents_text(10_000))
-    script = f"from voxbridge.agents.config import load_agents\ncfg = load_agents({str(path)!r}, env={{}})\nprint(len(cfg.agents), len(cfg.rules))"
+    script = (
+        "from voxbridge.agents.config import load_agents\n"
+        f"cfg = load_agents({str(path)!r}, env={{}})\n"
+        "print(len(cfg.agents), len(cfg.rules))"
+    )
     try:
         r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
@@ -162,15 +175,27 @@ async def test_watcher_logs_a_deleted_or_unreadable_file_once(tmp_path, nursery,
 
 # --- voxbridge.toml ------------------------------------------------------------------------------
 
+
 def _run_daemon(tmp_path, toml: str | bytes, **env_extra) -> subprocess.CompletedProcess:
     path = tmp_path / "voxbridge.toml"
     path.write_bytes(toml if isinstance(toml, bytes) else toml.encode())
     (tmp_path / "agents.toml").write_text(AGENT)
-    env = {**os.environ, "VOXBRIDGE_AGENTS__FILE": str(tmp_path / "agents.toml"), "VOXBRIDGE_TTS__BACKEND": "none",
-           "VOXBRIDGE_GENERAL__STATE_DIR": str(tmp_path / "state"), **env_extra}
+    env = {
+        **os.environ,
+        "VOXBRIDGE_AGENTS__FILE": str(tmp_path / "agents.toml"),
+        "VOXBRIDGE_TTS__BACKEND": "none",
+        "VOXBRIDGE_GENERAL__STATE_DIR": str(tmp_path / "state"),
+        **env_extra,
+    }
     env.pop("VOXBRIDGE_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "voxbridge", "--config", str(path), "run", "--no-discord"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "voxbridge", "--config", str(path), "run", "--no-discord"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _config_error(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -186,7 +211,9 @@ def test_binary_voxbridge_toml_is_a_configuration_error(tmp_path):
 
 
 def test_unresolvable_api_host_is_a_configuration_error(tmp_path):
-    _config_error(_run_daemon(tmp_path, '[api]\nhost = "no-such-host.invalid"\nport = 0\n'), "[api].host", "no-such-host.invalid")
+    _config_error(
+        _run_daemon(tmp_path, '[api]\nhost = "no-such-host.invalid"\nport = 0\n'), "[api].host", "no-such-host.invalid"
+    )
 
 
 def test_api_port_in_use_is_a_configuration_error(tmp_path):
@@ -194,7 +221,7 @@ def test_api_port_in_use_is_a_configuration_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        _config_error(_run_daemon(tmp_path, f'[api]\nport = {port}\n'), "[api].port", "in use")
+        _config_error(_run_daemon(tmp_path, f"[api]\nport = {port}\n"), "[api].port", "in use")
 
 
 def test_unwritable_state_dir_is_a_configuration_error(tmp_path):
@@ -221,11 +248,16 @@ def test_settings_file_that_is_a_fifo_is_rejected(tmp_path):
 
 # --- secrets ---------------------------------------------------------------------------------------
 
+
 def test_voxbridge_config_redacts_database_and_redis_passwords(tmp_path):
-    env = {**os.environ, "VOXBRIDGE_STORE__URL": "postgresql://vox:pg-Secret-77@db.internal:5432/vox",
-           "VOXBRIDGE_STORE__REDIS_URL": "redis://:redis-Secret-88@cache:6379/0"}
-    r = subprocess.run([sys.executable, "-m", "voxbridge", "config"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=60)
+    env = {
+        **os.environ,
+        "VOXBRIDGE_STORE__URL": "postgresql://vox:pg-Secret-77@db.internal:5432/vox",
+        "VOXBRIDGE_STORE__REDIS_URL": "redis://:redis-Secret-88@cache:6379/0",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "voxbridge", "config"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert "pg-Secret-77" not in r.stdout and "redis-Secret-88" not in r.stdout
     assert "postgresql://vox:***@db.internal:5432/vox" in r.stdout and "redis://:***@cache:6379/0" in r.stdout
@@ -239,14 +271,21 @@ def test_settings_url_of_the_wrong_type_is_not_echoed(tmp_path):
     assert "[store].url" in str(err.value) and "pg-Secret-77" not in str(err.value)
 
 
-@pytest.mark.parametrize(("line", "secret"), [('hmac_secret = ["hmac-Secret-99"]', "hmac-Secret-99"),
-                                              ("api_key = 12345678987654321", "12345678987654321"),
-                                              ('url = ["http://h/webhook/url-Secret-55"]', "url-Secret-55")])
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ('hmac_secret = ["hmac-Secret-99"]', "hmac-Secret-99"),
+        ("api_key = 12345678987654321", "12345678987654321"),
+        ('url = ["http://h/webhook/url-Secret-55"]', "url-Secret-55"),
+    ],
+)
 async def test_secret_of_the_wrong_type_is_not_echoed_in_the_reload_error(line, secret, tmp_path, caplog):
     path = tmp_path / "agents.toml"
     path.write_text(AGENT)
     holder = AgentsHolder(load_agents(path, env={}))
-    text = AGENT + line + "\n" if not line.startswith("url") else AGENT.replace('url = "http://127.0.0.1:9/general"', line)
+    text = (
+        AGENT + line + "\n" if not line.startswith("url") else AGENT.replace('url = "http://127.0.0.1:9/general"', line)
+    )
     path.write_text(text)
     assert await AgentsReloader(path, holder).reload_now("sighup") is False
     assert "expected" in holder.last_error and "agents.toml:" in holder.last_error  # still says what and where
@@ -262,8 +301,12 @@ async def test_reload_through_the_api_does_not_echo_a_secret_of_the_wrong_type(s
 
     path = tmp_path / "agents.toml"
     path.write_text(AGENT)
-    s = attrs.evolve(settings, api=attrs.evolve(settings.api, port=0), agents=attrs.evolve(settings.agents, file=str(path)),
-                     tts=attrs.evolve(settings.tts, backend="none"))
+    s = attrs.evolve(
+        settings,
+        api=attrs.evolve(settings.api, port=0),
+        agents=attrs.evolve(settings.agents, file=str(path)),
+        tts=attrs.evolve(settings.tts, backend="none"),
+    )
     daemon = Daemon(s, env={"VOXBRIDGE_API_TOKEN": "t0ken"}, engines={"stt": stt, "tts": False})
     await nursery.start(daemon.run)
     path.write_text(AGENT + 'hmac_secret = ["hmac-Secret-99"]\n')

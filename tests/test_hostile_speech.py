@@ -33,6 +33,7 @@ wyoming_piper = remote.wyoming_piper
 @pytest.fixture
 async def hanging_endpoint(nursery):
     """tcp://: accepts every connection and never sends a byte."""
+
     async def handler(stream):
         async with stream:
             await trio.sleep_forever()
@@ -56,18 +57,24 @@ def syn_dropping_endpoint():
 
 @pytest.fixture
 async def stt_serve(stt, nursery):
-    from voxbridge.ops.stt_serve import serve
+    from voxbridge.stt.serve import serve
 
     async def start(language="en"):
         s = load_settings(env={})
         s = attrs.evolve(s, stt=attrs.evolve(s.stt, language=language))
-        return await nursery.start(lambda task_status: serve(s, ws_port=0, wyoming_port=0, engine=stt, task_status=task_status))
+        return await nursery.start(
+            lambda task_status: serve(s, ws_port=0, wyoming_port=0, engine=stt, task_status=task_status)
+        )
+
     return start
 
 
 # --- 11, 12: per-attempt deadlines, failover, back-off, errors that say what timed out ---------
 
-async def test_an_endpoint_that_accepts_and_never_answers_fails_over_within_its_share(wyoming_whisper, hanging_endpoint, speech):
+
+async def test_an_endpoint_that_accepts_and_never_answers_fails_over_within_its_share(
+    wyoming_whisper, hanging_endpoint, speech
+):
     engine = WyomingStt(stt_settings("wyoming", [f"tcp://{hanging_endpoint}", wyoming_whisper], timeout_s=30))
     t0 = trio.current_time()
     tr = await engine.transcribe(speech.pcm16k(TEXT))  # before: SttError after the full 30 s
@@ -87,10 +94,14 @@ async def test_timeouts_say_what_timed_out_where(hanging_endpoint, syn_dropping_
     assert "no answer within" in message and "connect and transcript" in message, message
 
 
-async def test_tts_fails_over_past_dropped_syns_and_a_silent_server(wyoming_piper, syn_dropping_endpoint, hanging_endpoint, stt):
+async def test_tts_fails_over_past_dropped_syns_and_a_silent_server(
+    wyoming_piper, syn_dropping_endpoint, hanging_endpoint, stt
+):
     uri, voice = wyoming_piper
     # Wyoming: the connect times out (trio.TooSlowError), which was not retryable for TTS.
-    engine = WyomingTts(tts_settings("wyoming", [f"tcp://{syn_dropping_endpoint}", uri], remote_voice=voice, timeout_s=30))
+    engine = WyomingTts(
+        tts_settings("wyoming", [f"tcp://{syn_dropping_endpoint}", uri], remote_voice=voice, timeout_s=30)
+    )
     sp = await engine.synthesize("How far away is the moon?")
     heard = await stt.transcribe(resample(sp.audio, sp.rate, STT_RATE))
     assert wer("How far away is the moon?", heard.text) <= 0.25, heard.text
@@ -119,6 +130,7 @@ def test_a_dead_endpoint_backs_off_and_is_not_tried_on_every_busy_moment():
 
 # --- 13: the websocket backend -----------------------------------------------------------------
 
+
 async def test_websocket_stt_long_utterance_rejected_endpoint_and_errors_stay_in_the_turn(stt_serve, speech, nursery):
     from trio_websocket import serve_websocket
 
@@ -128,14 +140,18 @@ async def test_websocket_stt_long_utterance_rejected_endpoint_and_errors_stay_in
     async def reject(request):
         await request.reject(403, body=b"go away")
 
-    rejecting = await nursery.start(lambda task_status: serve_websocket(reject, "127.0.0.1", 0, None, task_status=task_status))
+    rejecting = await nursery.start(
+        lambda task_status: serve_websocket(reject, "127.0.0.1", 0, None, task_status=task_status)
+    )
     bad = f"ws://127.0.0.1:{rejecting.port}"
     sentence = speech.pcm16k("Please tell me a short story about a friendly dragon.")
     gap = np.zeros(STT_RATE // 2, np.float32)
     last = speech.pcm16k("What time is it in Tokyo?")  # a different last sentence: the tail arrived
     long = np.concatenate([np.concatenate([sentence, gap])] * 11 + [last])
     assert len(long) * 2 > 1 << 20  # over the 1 MiB a websocket message may carry (~33 s)
-    tr = await WebsocketStt(stt_settings("websocket", [good], timeout_s=120)).transcribe(long)  # before: ConnectionClosed escaped
+    tr = await WebsocketStt(stt_settings("websocket", [good], timeout_s=120)).transcribe(
+        long
+    )  # before: ConnectionClosed escaped
     # tiny.en collapses some of the identical repeats; the first and the last sentence prove it all arrived
     assert "dragon" in tr.text.lower() and "tokyo" in tr.text.lower(), tr.text
     engine = WebsocketStt(stt_settings("websocket", [bad, good], timeout_s=60))
@@ -151,6 +167,7 @@ async def test_websocket_stt_long_utterance_rejected_endpoint_and_errors_stay_in
 
 
 # --- 14: the hallucination filter, confidence, stt-serve's audio formats and info ------------------
+
 
 async def test_remote_stt_filters_phantoms_on_silence_and_keeps_real_short_speech(wyoming_whisper, speech):
     engine = WyomingStt(stt_settings("wyoming", [wyoming_whisper]))
@@ -176,8 +193,15 @@ async def test_stt_serve_confidence_stereo_rates_and_configured_language(stt_ser
     server, ports = await stt_serve(language="fr")
     clip = pcm16_to_float(float_to_pcm16(speech.pcm16k("What time is it in Tokyo?")))  # as the wire carries it
     local = await stt.transcribe(clip, language="en")
-    remote = await WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"])).transcribe(clip, language="en")
-    assert local.confidence < 0.999 and abs(remote.confidence - local.confidence) < 0.005, (local, remote)  # before: 1.0
+    remote = await WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"])).transcribe(
+        clip, language="en"
+    )
+    # The server decodes in its own engine (other threads, batched): the same audio's confidence agrees to
+    # about a hundredth (CI saw 0.955 vs 0.960), never 1.0 as before.
+    assert local.confidence < 0.999 and abs(remote.confidence - local.confidence) < 0.02, (
+        local,
+        remote,
+    )  # before: 1.0
     # Wyoming: 22.05 kHz stereo (before: "send 16-bit mono audio"); info lists the configured language.
     conn = await WyomingConnection.connect(f"tcp://127.0.0.1:{ports['wyoming']}")
     try:
@@ -204,10 +228,12 @@ async def test_stt_serve_confidence_stereo_rates_and_configured_language(stt_ser
 
     with trio.fail_after(30):  # before: the server waited for the audio
         async with open_websocket_url(f"ws://127.0.0.1:{ports['websocket']}") as ws:
-            await ws.send_message(json.dumps({"type": "transcribe", "language": "en", "rate": 8000, "bytes": 125 * 8000 * 2}))
+            await ws.send_message(
+                json.dumps({"type": "transcribe", "language": "en", "rate": 8000, "bytes": 125 * 8000 * 2})
+            )
             reply = json.loads(await ws.get_message())
     assert reply["type"] == "error" and "longer than 120 seconds" in reply["error"], reply
-    from voxbridge.ops.stt_serve import max_audio_bytes
+    from voxbridge.stt.serve import max_audio_bytes
 
     assert max_audio_bytes(44100) == 120 * 44100 * 2 and max_audio_bytes(48000, 2) == 120 * 48000 * 4
 
@@ -218,6 +244,7 @@ async def test_stt_serve_info_lists_the_model_language_when_auto_detecting(stt_s
 
 
 # --- 15: OpenAI TTS from servers that speak at 22.05 kHz ---------------------------------------------
+
 
 async def test_openai_tts_gets_the_servers_sample_rate(piper, stt, agent_server, tmp_path):
     formats = []

@@ -43,8 +43,18 @@ def n8n():
 
 
 def agent(n8n, path: str, **kw) -> AgentSpec:
-    return AgentSpec(**{"id": "general", "name": "General", "kind": "n8n", "url": n8n.webhook(path),
-                        "timeout_s": 20.0, "total_timeout_s": 60.0, "retries": 0, **kw})
+    return AgentSpec(
+        **{
+            "id": "general",
+            "name": "General",
+            "kind": "n8n",
+            "url": n8n.webhook(path),
+            "timeout_s": 20.0,
+            "total_timeout_s": 60.0,
+            "retries": 0,
+            **kw,
+        }
+    )
 
 
 PAYLOAD = {"text": "what time is it", "turnNumber": 3, "agentId": "general", "userName": "alice"}
@@ -89,7 +99,7 @@ async def test_streamed_answer_whole_in_order_and_progressive(n8n):
     assert [t for _, t in pieces] == ["First part for alice.", " Second part, after a wait."]
     assert answer.text == "First part for alice. Second part, after a wait."
     assert pieces[1][0] - pieces[0][0] >= 0.5  # the Wait node's second lay between them
-    assert answer.first_byte_s is not None and answer.first_byte_s < answer.total_s
+    assert answer.first_byte_s is not None and pieces[0][0] < pieces[-1][0]  # the first byte came before the end
 
 
 async def test_streaming_json_and_text_answers(n8n):
@@ -117,14 +127,34 @@ async def test_payload_n8n_received_has_every_field_and_previous_turns(n8n, sett
     assert first.status == second.status == "answered"
     assert row["response"] == "You said: and the date. Turn 2."
     body = n8n.received_body(await last_execution(n8n, STREAM, first_exec["id"]))
-    for key in ("text", "userId", "userName", "guildId", "channelId", "conversationId", "sessionId", "agentId",
-                "turnId", "turnNumber", "timestamp", "useStreaming", "context", "stt"):
+    for key in (
+        "text",
+        "userId",
+        "userName",
+        "guildId",
+        "channelId",
+        "conversationId",
+        "sessionId",
+        "agentId",
+        "turnId",
+        "turnNumber",
+        "timestamp",
+        "useStreaming",
+        "context",
+        "stt",
+    ):
         assert key in body, key
     assert body["text"] == "and the date" and body["turnNumber"] == 2 and body["turnId"] == second.turn_id
     assert body["userName"] == "alice" and body["guildId"] == "g1" and body["agentId"] == "general"
     assert set(body["stt"]) >= {"language", "confidence", "durationMs"} and body["useStreaming"] is True
-    assert body["context"]["previousTurns"] == [{"transcript": "what time is it", "response": "You said: what time is it. Turn 1.",
-                                                 "turnNumber": 1, "agentId": "general"}]
+    assert body["context"]["previousTurns"] == [
+        {
+            "transcript": "what time is it",
+            "response": "You said: what time is it. Turn 1.",
+            "turnNumber": 1,
+            "agentId": "general",
+        }
+    ]
     assert "userPreferences" in body["context"]
 
 
@@ -160,8 +190,10 @@ def test_check_reach_command_against_real_n8n(n8n, tmp_path):
     from .test_cli import vbx
 
     agents = tmp_path / "agents.toml"
-    agents.write_text(f'[[agents]]\nid = "good"\nkind = "n8n"\nurl = "{n8n.webhook("vbx-json")}"\n'
-                      f'[[agents]]\nid = "gone"\nkind = "n8n"\nurl = "{n8n.webhook("vbx-inactive")}"\n')
+    agents.write_text(
+        f'[[agents]]\nid = "good"\nkind = "n8n"\nurl = "{n8n.webhook("vbx-json")}"\n'
+        f'[[agents]]\nid = "gone"\nkind = "n8n"\nurl = "{n8n.webhook("vbx-inactive")}"\n'
+    )
     r = vbx("check", "--agents", str(agents), "--reach")
     assert r.returncode == 1, r.stdout + r.stderr
     lines = {line.split()[1]: line for line in r.stdout.splitlines() if line.strip().startswith("reach ")}
@@ -192,11 +224,14 @@ async def test_n8n_restart_is_ridden_through_by_retries(n8n, caplog):
     n8n.stop()
     n8n.launch()
     await trio.to_thread.run_sync(n8n.wait_healthz)
+    started = time.perf_counter()
     with caplog.at_level("WARNING", logger="voxbridge.agents"):
         answer, _ = await call(agent(n8n, "vbx-json", retries=7))  # backoff up to 0.25 * (2^7 - 1) = 32 s
-    reasons = [r.getMessage().split("reason=")[1].split()[0] for r in caplog.records if "event=agent_retry" in r.getMessage()]
+    reasons = [
+        r.getMessage().split("reason=")[1].split()[0] for r in caplog.records if "event=agent_retry" in r.getMessage()
+    ]
     assert answer.text == "You said: what time is it. Turn 3."
     assert answer.attempts == len(reasons) + 1 >= 2, reasons  # it was not ready at /healthz 200
     assert set(reasons) <= {"not_registered", "n8n_starting"}, reasons
-    print(f"restart: retried {reasons}, answered after {answer.total_s:.1f} s")  # shown with -s
+    print(f"restart: retried {reasons}, answered after {time.perf_counter() - started:.1f} s")  # shown with -s
     await trio.to_thread.run_sync(lambda: n8n.wait_ready("vbx-stream"))

@@ -28,16 +28,20 @@ TOKEN = "test-api-token"
 
 
 def agents_toml(url: str, secret: str = "SECRETKEY123") -> str:
-    return (f'[[agents]]\nid = "general"\nname = "General"\nkind = "n8n"\nurl = "{url}/webhook/{secret}"\nretries = 0\n'
-            f'[[agents]]\nid = "tech"\nkind = "n8n"\nurl = "{url}/webhook/tech"\nretries = 0\n')
+    return (
+        f'[[agents]]\nid = "general"\nname = "General"\nkind = "n8n"\nurl = "{url}/webhook/{secret}"\nretries = 0\n'
+        f'[[agents]]\nid = "tech"\nkind = "n8n"\nurl = "{url}/webhook/tech"\nretries = 0\n'
+    )
 
 
 @pytest.fixture
 def daemon_settings(settings, tmp_path):
-    return attrs.evolve(settings,
-                        api=attrs.evolve(settings.api, port=0),
-                        agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")),
-                        daemon=attrs.evolve(settings.daemon, shutdown_grace_s=10.0))
+    return attrs.evolve(
+        settings,
+        api=attrs.evolve(settings.api, port=0),
+        agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")),
+        daemon=attrs.evolve(settings.daemon, shutdown_grace_s=10.0),
+    )
 
 
 async def start_daemon(nursery, settings, stt, piper, token=TOKEN):
@@ -47,7 +51,9 @@ async def start_daemon(nursery, settings, stt, piper, token=TOKEN):
     return daemon
 
 
-async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_settings, stt, piper, agent_server, nursery, tmp_path):
+async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(
+    daemon_settings, stt, piper, agent_server, nursery, tmp_path
+):
     async def agent(req, resp):
         await resp.respond(200, {"output": "ok"})
 
@@ -58,6 +64,7 @@ async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_set
     auth = {"authorization": f"Bearer {TOKEN}"}
     seen_text = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
         async def call(method, path, **kw):
             r = await http.request(method, path, **kw)
             seen_text.append(r.text)
@@ -73,23 +80,40 @@ async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_set
 
         join = {"guild_id": "g1", "channel_id": "c1"}
         r = await call("POST", "/voice/join", json=join)
-        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and r.json()["error"] == "unauthorized"
-        assert (await call("POST", "/voice/join", json=join, headers={"authorization": "Bearer wrong"})).status_code == 401
+        assert (
+            r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and r.json()["error"] == "unauthorized"
+        )
+        assert (
+            await call("POST", "/voice/join", json=join, headers={"authorization": "Bearer wrong"})
+        ).status_code == 401
         bad = [
             ({"content": b"{not json", "headers": {**auth, "content-type": "application/json"}}, 400, "malformed_json"),
             ({"content": b"[1, 2]", "headers": {**auth, "content-type": "application/json"}}, 400, "bad_request"),
-            ({"content": b"guild_id=g1", "headers": {**auth, "content-type": "application/x-www-form-urlencoded"}}, 415, "unsupported_media_type"),
+            (
+                {"content": b"guild_id=g1", "headers": {**auth, "content-type": "application/x-www-form-urlencoded"}},
+                415,
+                "unsupported_media_type",
+            ),
             ({"json": {"guild_id": "g1"}, "headers": auth}, 422, "invalid_field"),
             ({"json": {"guild_id": ["g1"], "channel_id": "c1"}, "headers": auth}, 422, "invalid_field"),
             ({"json": {"guild_id": "g1", "channel_id": "c" * 1000}, "headers": auth}, 422, "invalid_field"),
-            ({"content": b'{"guild_id": "' + b"x" * 70_000 + b'"}', "headers": {**auth, "content-type": "application/json"}}, 413, "body_too_large"),
+            (
+                {
+                    "content": b'{"guild_id": "' + b"x" * 70_000 + b'"}',
+                    "headers": {**auth, "content-type": "application/json"},
+                },
+                413,
+                "body_too_large",
+            ),
         ]
         for kwargs, status, error in bad:
             r = await call("POST", "/voice/join", **kwargs)
             assert (r.status_code, r.json()["error"]) == (status, error), (kwargs.get("json"), r.text)
         assert (await call("GET", "/voice/join")).status_code == 405
         assert (await call("GET", "/nope")).json()["error"] == "not_found"
-        assert (await call("POST", "/voice/speak", json={"guild_id": "g1", "text": "hi"}, headers=auth)).status_code == 409
+        assert (
+            await call("POST", "/voice/speak", json={"guild_id": "g1", "text": "hi"}, headers=auth)
+        ).status_code == 409
 
         assert (await call("POST", "/voice/join", json=join, headers=auth)).json()["joined"] is True
         text = "Welcome to the channel. The meeting starts in five minutes."
@@ -105,7 +129,10 @@ async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_set
         assert left["left"] is True and left["played_s"] > 3
         assert (await call("POST", "/voice/leave", json={"guild_id": "g1"}, headers=auth)).status_code == 404
         metrics = (await call("GET", "/metrics")).text
-        assert "voxbridge_turns_total{outcome=\"answered\"}" in metrics and "voxbridge_stage_latency_seconds_bucket" in metrics
+        assert (
+            'voxbridge_turns_total{outcome="answered"}' in metrics
+            and "voxbridge_stage_latency_seconds_bucket" in metrics
+        )
         assert 'voxbridge_agent_circuit_open{agent="general"} 0' in metrics
         for stage in ("vad", "stt", "route", "agent_first_byte", "tts_first_audio"):
             assert f'voxbridge_stage_latency_seconds_count{{stage="{stage}"}}' in metrics
@@ -113,7 +140,10 @@ async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_set
         (tmp_path / "agents.toml").write_text("[[agents]]\nid = 'x'\nkind = 'n8n'\nurl = 'http://h/x'\nbogus = 1\n")
         r = await call("POST", "/reload", headers=auth)
         assert r.status_code == 422 and "agents.toml:5" in r.json()["detail"] and "bogus" in r.json()["detail"]
-        assert [a["id"] for a in (await call("GET", "/agents")).json()["agents"]] == ["general", "tech"]  # old config serves
+        assert [a["id"] for a in (await call("GET", "/agents")).json()["agents"]] == [
+            "general",
+            "tech",
+        ]  # old config serves
         (tmp_path / "agents.toml").write_text(agents_toml(url).replace('"general"', '"general2"', 1))
         r = await call("POST", "/reload", headers=auth)
         assert r.status_code == 200 and r.json()["reloaded"] is True
@@ -125,7 +155,9 @@ async def test_api_endpoints_auth_errors_and_a_join_speak_leave_cycle(daemon_set
     daemon.request_stop()
 
 
-async def test_mutations_are_refused_without_a_configured_token(daemon_settings, stt, piper, agent_server, nursery, tmp_path):
+async def test_mutations_are_refused_without_a_configured_token(
+    daemon_settings, stt, piper, agent_server, nursery, tmp_path
+):
     (tmp_path / "agents.toml").write_text(agents_toml("http://127.0.0.1:9"))
     daemon = await start_daemon(nursery, daemon_settings, stt, piper, token=None)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}") as http:
@@ -135,7 +167,9 @@ async def test_mutations_are_refused_without_a_configured_token(daemon_settings,
     daemon.request_stop()
 
 
-async def test_sigterm_drain_lets_turns_in_flight_finish_and_stores_them(daemon_settings, stt, piper, agent_server, nursery, tmp_path):
+async def test_sigterm_drain_lets_turns_in_flight_finish_and_stores_them(
+    daemon_settings, stt, piper, agent_server, nursery, tmp_path
+):
     release = trio.Event()
     calls = []
 
@@ -249,11 +283,23 @@ def test_sd_notify_ready_watchdog_sighup_and_stopping_in_a_real_process(tmp_path
     server.settimeout(120)
     agents = tmp_path / "agents.toml"
     agents.write_text(agents_toml("http://127.0.0.1:9"))
-    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000", "VOXBRIDGE_API__PORT": "0",
-           "VOXBRIDGE_GENERAL__STATE_DIR": str(tmp_path / "state"), "VOXBRIDGE_AGENTS__FILE": str(agents),
-           "VOXBRIDGE_TTS__BACKEND": "none"}
-    proc = subprocess.Popen([sys.executable, "-m", "voxbridge", "run", "--no-discord"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(sock_path),
+        "WATCHDOG_USEC": "400000",
+        "VOXBRIDGE_API__PORT": "0",
+        "VOXBRIDGE_GENERAL__STATE_DIR": str(tmp_path / "state"),
+        "VOXBRIDGE_AGENTS__FILE": str(agents),
+        "VOXBRIDGE_TTS__BACKEND": "none",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     messages = []
     try:
         while not any("READY=1" in m for m in messages):
@@ -292,4 +338,3 @@ def test_systemd_unit_verifies(tmp_path):
     assert problems == [], problems
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "LoadCredential=discord-token" in unit
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit and "StateDirectory=voxbridge" in unit
-

@@ -25,9 +25,20 @@ QUESTIONS = {
 
 
 async def test_three_overlapping_speakers_all_transcribed_answered_and_spoken(settings, stt, piper, tmp_path):
-    lines = [SpeakerLine(name, offset, text=q) for (name, q), offset in zip(QUESTIONS.items(), (0.0, 0.4, 0.8), strict=True)]
-    result = await simulate(settings, lines, out_dir=tmp_path / "out", fast=True, demo_agents=True,
-                            quiet=True, progress=False, stt=stt, tts=piper)
+    lines = [
+        SpeakerLine(name, offset, text=q) for (name, q), offset in zip(QUESTIONS.items(), (0.0, 0.4, 0.8), strict=True)
+    ]
+    result = await simulate(
+        settings,
+        lines,
+        out_dir=tmp_path / "out",
+        fast=True,
+        demo_agents=True,
+        quiet=True,
+        progress=False,
+        stt=stt,
+        tts=piper,
+    )
     turns = {t["user_id"]: t for t in result.turns}
     assert set(turns) == set(QUESTIONS)  # nobody was dropped
     for name, question in QUESTIONS.items():
@@ -75,14 +86,17 @@ async def test_turn_is_stored_before_routing_and_agent_failure_is_recorded(setti
 
     async def handler(req, resp):
         payload = req.json()
-        seen_rows.append((payload["agentId"], await services.store.get_turn(payload["turnId"])))  # exists before the call
+        seen_rows.append(
+            (payload["agentId"], await services.store.get_turn(payload["turnId"]))
+        )  # exists before the call
         await resp.respond(500, {"error": "boom"})
 
     url = await agent_server(handler)
     cfg = load_agents(settings.agents.file)
     cfg = cfg.with_urls({a.id: f"{url}/webhook/{a.id}" for a in cfg.agents})
-    async with open_services(settings, agents=cfg, stt=stt, tts=piper,
-                             observer=lambda k, f: events.append((k, f))) as services:
+    async with open_services(
+        settings, agents=cfg, stt=stt, tts=piper, observer=lambda k, f: events.append((k, f))
+    ) as services:
         channel = await nursery.start((await _channel(services)).run)
         h = channel.add_speaker("u1", "alice")
         await _feed(h, piper_speech(piper, "Please check my order status."))
@@ -114,7 +128,9 @@ async def test_payload_carries_conversation_and_history(settings, stt, piper, ag
         await resp.respond(200, {"output": f"Answer number {len(payloads)}."})
 
     url = await agent_server(handler)
-    async with open_services(settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper) as services:
+    async with open_services(
+        settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper
+    ) as services:
         channel = await nursery.start((await _channel(services)).run)
         h = channel.add_speaker("u1", "alice")
         await _feed(h, piper_speech(piper, "What is the capital of France?"), finish=False)
@@ -147,7 +163,9 @@ async def test_speaker_leaving_cancels_only_their_work(settings, stt, piper, age
         await resp.respond(200, {"output": f"Hello {payload['userId']}."})
 
     url = await agent_server(handler)
-    async with open_services(settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper) as services:
+    async with open_services(
+        settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper
+    ) as services:
         channel = await nursery.start((await _channel(services)).run)
         alice, bob, dave = (channel.add_speaker(n, n) for n in ("alice", "bob", "dave"))
         async with trio.open_nursery() as feeders:
@@ -184,7 +202,9 @@ async def test_barge_in_stops_the_speakers_answer(settings, stt, piper, agent_se
     calls = []
     url = await agent_server(handler)
     output = bytearray()
-    async with open_services(settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper) as services:
+    async with open_services(
+        settings, agents=_agents_at(settings, url + "/webhook/general"), stt=stt, tts=piper
+    ) as services:
         buffer = PlayerBuffer(10)
 
         async def clock():  # py-cord's player thread reads a frame every 20 ms
@@ -214,8 +234,18 @@ async def test_barge_in_stops_the_speakers_answer(settings, stt, piper, agent_se
 async def test_realtime_early_transcription_is_ready_when_silence_expires(settings, stt, piper, tmp_path):
     settings = attrs.evolve(settings, tts=attrs.evolve(settings.tts, backend="none"))
     lines = [SpeakerLine("alice", 0.0, text="What time is it in Tokyo?")]
-    result = await simulate(settings, lines, out_dir=tmp_path / "rt", fast=False, demo_agents=True,
-                            quiet=True, progress=False, stt=stt, tts=False, line_tts=piper)
+    result = await simulate(
+        settings,
+        lines,
+        out_dir=tmp_path / "rt",
+        fast=False,
+        demo_agents=True,
+        quiet=True,
+        progress=False,
+        stt=stt,
+        tts=False,
+        line_tts=piper,
+    )
     [turn] = result.turns
     assert turn["timings"]["early_decode"] is True
     # Decoding started 250 ms into the silence and had 550 ms to finish before the cut; the wait

@@ -1,7 +1,6 @@
 """Nothing is lost: store and Redis outages, STT/TTS/agent faults, hostile input, load.
 Long runs live in scripts/soak.py; these are the fast versions."""
 
-
 import attrs
 import numpy as np
 import trio
@@ -14,8 +13,8 @@ from voxbridge.config import load_settings
 from voxbridge.core.channel import ChannelSession
 from voxbridge.core.playback import CollectSink
 from voxbridge.core.services import open_services
-from voxbridge.core.speaker import SpeakerInfo
 from voxbridge.core.turn import answer_transcript
+from voxbridge.core.utterance import SpeakerInfo
 from voxbridge.errors import ConfigError, TtsError
 from voxbridge.stt import Transcript
 
@@ -24,8 +23,9 @@ from .helpers import FastFakeStt
 
 def one_agent(url, **extra):
     body = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in {"retries": 0, **extra}.items())
-    return parse_agents(f'[[agents]]\nid = "general"\nname = "General"\nkind = "n8n"\nurl = "{url}/general"\n{body}',
-                        "a.toml", env={})
+    return parse_agents(
+        f'[[agents]]\nid = "general"\nname = "General"\nkind = "n8n"\nurl = "{url}/general"\n{body}', "a.toml", env={}
+    )
 
 
 async def ok_agent(req, resp):
@@ -33,11 +33,19 @@ async def ok_agent(req, resp):
 
 
 async def ask(services, text, user="u", guild="g", room=None, playback=None):
-    return await answer_transcript(services, SpeakerInfo(user, user, guild, "c"), Transcript(text, "en", 0.9, 1.0),
-                                   ended_at=trio.current_time(), timings={}, playback=playback, room=room)
+    return await answer_transcript(
+        services,
+        SpeakerInfo(user, user, guild, "c"),
+        Transcript(text, "en", 0.9, 1.0),
+        ended_at=trio.current_time(),
+        timings={},
+        playback=playback,
+        room=room,
+    )
 
 
 # --- store faults ---------------------------------------------------------------------------------
+
 
 async def test_postgres_connections_killed_mid_run_lose_no_turn(settings, postgres_url, agent_server, nursery):
     import psycopg
@@ -47,13 +55,19 @@ async def test_postgres_connections_killed_mid_run_lose_no_turn(settings, postgr
     kills = [0]
 
     async def killer():
-        admin = await trio.to_thread.run_sync(lambda: psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True))
+        admin = await trio.to_thread.run_sync(
+            lambda: psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+        )
         try:
             for _ in range(5):  # five waves: every connection of the database dies each time
                 await trio.sleep(0.4)
-                n = await trio.to_thread.run_sync(lambda: admin.execute(
-                    "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
-                    (dbname,)).fetchone()[0])
+                n = await trio.to_thread.run_sync(
+                    lambda: admin.execute(
+                        "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                        "where datname = %s and pid <> pg_backend_pid()",
+                        (dbname,),
+                    ).fetchone()[0]
+                )
                 kills[0] += n
         finally:
             admin.close()
@@ -99,6 +113,7 @@ async def test_redis_stopped_mid_run_degrades_to_the_database(settings, private_
 
 # --- STT, TTS, agent faults -------------------------------------------------------------------------
 
+
 async def test_stt_error_fails_only_that_turn(settings, piper, speech, agent_server, nursery):
     url = await agent_server(ok_agent)
     stt = FastFakeStt(fail_on={2})
@@ -138,7 +153,10 @@ class FlakyTts:
 async def test_tts_failure_keeps_the_answer_as_text_and_playback_going(settings, piper, agent_server, nursery):
     async def agent(req, resp):
         q = req.json()["text"]
-        await resp.respond(200, {"output": "This clause will explode. But this one is fine." if "first" in q else "Second answer here."})
+        await resp.respond(
+            200,
+            {"output": "This clause will explode. But this one is fine." if "first" in q else "Second answer here."},
+        )
 
     url = await agent_server(agent)
     s = attrs.evolve(settings, conversation=attrs.evolve(settings.conversation, mirror=True))
@@ -186,7 +204,9 @@ async def test_fifty_megabyte_answer_is_cut_at_the_cap(settings, agent_server):
         await resp.end()
 
     url = await agent_server(agent)
-    async with open_services(settings, agents=one_agent(url, max_response_bytes=1 << 20), stt=False, tts=False) as services:
+    async with open_services(
+        settings, agents=one_agent(url, max_response_bytes=1 << 20), stt=False, tts=False
+    ) as services:
         out = await ask(services, "send me everything")
         row = await services.store.get_turn(out.turn_id)
     assert row["status"] == "failed" and row["error"].startswith("too_large")
@@ -195,10 +215,33 @@ async def test_fifty_megabyte_answer_is_cut_at_the_cap(settings, agent_server):
 
 # --- hostile input ------------------------------------------------------------------------------------
 
-toml_scalars = st.one_of(st.integers(min_value=-10**12, max_value=10**12), st.floats(allow_nan=False), st.booleans(),
-                         st.text(max_size=40), st.lists(st.text(max_size=10), max_size=4))
-agent_keys = st.sampled_from(["id", "name", "kind", "url", "timeout_s", "retries", "keywords", "priority", "guilds",
-                              "headers", "hmac_secret", "model", "bogus", "streaming", "max_response_bytes", "circuit_failures"])
+toml_scalars = st.one_of(
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.text(max_size=40),
+    st.lists(st.text(max_size=10), max_size=4),
+)
+agent_keys = st.sampled_from(
+    [
+        "id",
+        "name",
+        "kind",
+        "url",
+        "timeout_s",
+        "retries",
+        "keywords",
+        "priority",
+        "guilds",
+        "headers",
+        "hmac_secret",
+        "model",
+        "bogus",
+        "streaming",
+        "max_response_bytes",
+        "circuit_failures",
+    ]
+)
 
 
 def _toml_value(v):
@@ -214,9 +257,15 @@ def _toml_value(v):
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(agents=st.lists(st.dictionaries(agent_keys, toml_scalars, max_size=8), min_size=0, max_size=3),
-       routing=st.dictionaries(st.sampled_from(["strategy", "default_agent", "history_turns", "classifier_agent", "x"]), toml_scalars, max_size=3),
-       garbage=st.text(max_size=30))
+@given(
+    agents=st.lists(st.dictionaries(agent_keys, toml_scalars, max_size=8), min_size=0, max_size=3),
+    routing=st.dictionaries(
+        st.sampled_from(["strategy", "default_agent", "history_turns", "classifier_agent", "x"]),
+        toml_scalars,
+        max_size=3,
+    ),
+    garbage=st.text(max_size=30),
+)
 def test_fuzzed_agents_toml_is_accepted_or_rejected_cleanly(agents, routing, garbage):
     parts = ["[routing]"] + [f"{k} = {_toml_value(v)}" for k, v in routing.items()]
     for a in agents:
@@ -231,8 +280,22 @@ def test_fuzzed_agents_toml_is_accepted_or_rejected_cleanly(agents, routing, gar
             assert cfg.agents and cfg.get(cfg.routing.default_agent)
 
 
-settings_keys = st.sampled_from(["vad.silence_ms", "vad.threshold", "stt.model", "stt.device", "tts.backend", "playback.barge_in",
-                                 "api.port", "log.levels", "conversation.mode", "store.url", "nope.x", "vad.nope"])
+settings_keys = st.sampled_from(
+    [
+        "vad.silence_ms",
+        "vad.threshold",
+        "stt.model",
+        "stt.device",
+        "tts.backend",
+        "playback.barge_in",
+        "api.port",
+        "log.levels",
+        "conversation.mode",
+        "store.url",
+        "nope.x",
+        "vad.nope",
+    ]
+)
 
 
 @hsettings(max_examples=150, deadline=None)
@@ -259,9 +322,17 @@ async def test_reloads_of_fuzzed_files_never_replace_the_good_config(tmp_path):
     holder = AgentsHolder(load_agents(path))
     good = holder.current.version
     reloader = AgentsReloader(path, holder)
-    corpus = ["", "[[agents]", "\x00\x01", "[[agents]]\nid = 1", '[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://h/x"\nretries = 1e308',
-              "[routing]\nhistory_turns = 99999999999999999999", '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { regex = "(a)\\\\1" }',
-              "a = " + "[" * 5000, "\xff\xfe"]
+    corpus = [
+        "",
+        "[[agents]",
+        "\x00\x01",
+        "[[agents]]\nid = 1",
+        '[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://h/x"\nretries = 1e308',
+        "[routing]\nhistory_turns = 99999999999999999999",
+        '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { regex = "(a)\\\\1" }',
+        "a = " + "[" * 5000,
+        "\xff\xfe",
+    ]
     for text in corpus:
         path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
         assert await reloader.reload_now("fuzz") is False
@@ -282,7 +353,13 @@ def test_audio_edge_cases_bounded_and_quiet():
     ds = Downsampler()
     seg = Segmenter(VadFactory("silero").new())
     rng = np.random.default_rng(3)
-    for frame in (b"", b"\x01", b"\x00" * 3, bytes(3839), (rng.integers(-32768, 32767, 1920, dtype=np.int16)).tobytes() * 2):
+    for frame in (
+        b"",
+        b"\x01",
+        b"\x00" * 3,
+        bytes(3839),
+        (rng.integers(-32768, 32767, 1920, dtype=np.int16)).tobytes() * 2,
+    ):
         assert seg.process(ds.process(frame)) is not None
     noise = (rng.standard_normal(STT_RATE * 30) * 0.05).astype(np.float32)
     assert not [e for e in seg.process(noise) if isinstance(e, UtteranceEnded)]  # 30 s of noise: no utterance
@@ -316,7 +393,10 @@ async def test_rate_limit_per_user(settings, agent_server, nursery):
 
 # --- load -------------------------------------------------------------------------------------------
 
-async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_turn(settings, speech, agent_server, nursery):
+
+async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_turn(
+    settings, speech, agent_server, nursery
+):
     from voxbridge.audio.convert import split_frames
 
     url = await agent_server(ok_agent)
@@ -325,7 +405,9 @@ async def test_twenty_channels_of_five_speakers_every_utterance_is_one_final_tur
     # The event-loop lag under this load is a figure, not a property: `scripts/soak.py` (load-fake,
     # the same 20 x 5 speakers) reports its p99.
     async with open_services(settings, agents=one_agent(url, max_concurrency=50), stt=stt, tts=False) as services:
-        channels = [await nursery.start(ChannelSession(services, f"g{i}", f"c{i}", CollectSink()).run) for i in range(20)]
+        channels = [
+            await nursery.start(ChannelSession(services, f"g{i}", f"c{i}", CollectSink()).run) for i in range(20)
+        ]
 
         async def speaker(channel, j):
             h = channel.add_speaker(f"{channel.guild_id}-u{j}", f"u{j}")

@@ -13,9 +13,11 @@ from .test_turn_routing import Agents, ask
 
 
 def agents_file(path, url, default="general", extra=""):
-    path.write_text(f'[routing]\ndefault_agent = "{default}"\n\n'
-                    f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "{url}/general"\n\n'
-                    f'[[agents]]\nid = "tech"\nkind = "n8n"\nurl = "{url}/tech"\n{extra}')
+    path.write_text(
+        f'[routing]\ndefault_agent = "{default}"\n\n'
+        f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "{url}/general"\n\n'
+        f'[[agents]]\nid = "tech"\nkind = "n8n"\nurl = "{url}/tech"\n{extra}'
+    )
 
 
 async def wait_for(predicate, limit_s=5):
@@ -39,7 +41,9 @@ async def test_file_change_swaps_and_broken_file_is_rejected(tmp_path, nursery, 
     await wait_for(lambda: holder.reload_failures == 1)
     assert holder.current.version == good_version  # the last good config keeps serving
     assert "agents.toml:" in holder.last_error and "duplicate agent id 'tech'" in holder.last_error
-    assert "event=agents_reload_rejected" in caplog.text or any("agents_reload_rejected" in r.getMessage() for r in caplog.records)
+    assert "event=agents_reload_rejected" in caplog.text or any(
+        "agents_reload_rejected" in r.getMessage() for r in caplog.records
+    )
     path.unlink()
     await trio.sleep(0.1)
     assert holder.current.version == good_version  # a vanished file changes nothing either
@@ -104,8 +108,12 @@ async def test_reload_is_broadcast_to_other_instances(tmp_path, nursery, redis_u
     agents_file(path_b, "http://127.0.0.1:9")
     a = AgentsHolder(load_agents(path_a))
     b = AgentsHolder(load_agents(path_b))
-    ra = AgentsReloader(path_a, a, poll_s=3600, broadcaster=RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), instance="A")
-    rb = AgentsReloader(path_b, b, poll_s=3600, broadcaster=RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), instance="B")
+    ra = AgentsReloader(
+        path_a, a, poll_s=3600, broadcaster=RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), instance="A"
+    )
+    rb = AgentsReloader(
+        path_b, b, poll_s=3600, broadcaster=RedisLayer(SqliteStore(":memory:"), redis_url, prefix=prefix), instance="B"
+    )
     await nursery.start(lambda task_status: ra.run(sighup=False, task_status=task_status))
     await nursery.start(lambda task_status: rb.run(sighup=False, task_status=task_status))
     await trio.sleep(0.2)

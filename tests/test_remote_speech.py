@@ -52,8 +52,21 @@ def start_server(args, port, timeout=120):
 @pytest.fixture(scope="module")
 def wyoming_whisper(tmp_path_factory):
     port = free_port()
-    proc = start_server(["wyoming_faster_whisper", "--uri", f"tcp://127.0.0.1:{port}", "--model", str(bundled_model_path()),
-                         "--data-dir", str(tmp_path_factory.mktemp("wfw")), "--language", "en", "--local-files-only"], port)
+    proc = start_server(
+        [
+            "wyoming_faster_whisper",
+            "--uri",
+            f"tcp://127.0.0.1:{port}",
+            "--model",
+            str(bundled_model_path()),
+            "--data-dir",
+            str(tmp_path_factory.mktemp("wfw")),
+            "--language",
+            "en",
+            "--local-files-only",
+        ],
+        port,
+    )
     yield f"tcp://127.0.0.1:{port}"
     proc.kill()
     proc.wait()
@@ -66,8 +79,20 @@ def wyoming_piper(tmp_path_factory):
     shutil.copy(voice, data / voice.name)
     shutil.copy(str(voice) + ".json", data / (voice.name + ".json"))
     port = free_port()
-    proc = start_server(["wyoming_piper", "--voice", voice.stem, "--uri", f"tcp://127.0.0.1:{port}",
-                         "--data-dir", str(data), "--download-dir", str(data)], port)
+    proc = start_server(
+        [
+            "wyoming_piper",
+            "--voice",
+            voice.stem,
+            "--uri",
+            f"tcp://127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+            "--download-dir",
+            str(data),
+        ],
+        port,
+    )
     yield f"tcp://127.0.0.1:{port}", voice.stem
     proc.kill()
     proc.wait()
@@ -107,10 +132,11 @@ async def test_failover_past_a_dead_endpoint(wyoming_whisper, speech):
 
 
 async def test_stt_serve_over_websocket_and_wyoming_with_load_report(stt, speech, nursery):
-    from voxbridge.ops.stt_serve import serve
+    from voxbridge.stt.serve import serve
 
-    server, ports = await nursery.start(lambda task_status: serve(load_settings(env={}), ws_port=0, wyoming_port=0,
-                                                                   engine=stt, task_status=task_status))
+    server, ports = await nursery.start(
+        lambda task_status: serve(load_settings(env={}), ws_port=0, wyoming_port=0, engine=stt, task_status=task_status)
+    )
     ws_engine = WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"]))
     wy_engine = WyomingStt(stt_settings("wyoming", [f"tcp://127.0.0.1:{ports['wyoming']}"]))
     texts = ["What time is it in Tokyo?", "How far away is the moon?", TEXT]
@@ -142,7 +168,8 @@ async def test_openai_compatible_stt_and_tts(stt, piper, agent_server, monkeypat
         seen.setdefault(req.path, []).append(req.headers.get("authorization"))
         if req.path == "/v1/audio/transcriptions":
             msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                b"content-type: " + req.headers["content-type"].encode() + b"\r\n\r\n" + req.body)
+                b"content-type: " + req.headers["content-type"].encode() + b"\r\n\r\n" + req.body
+            )
             parts = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
             import io
 
@@ -184,7 +211,9 @@ async def test_openai_compatible_stt_and_tts(stt, piper, agent_server, monkeypat
         assert sp.rate == 24000
         heard = await stt.transcribe(resample(sp.audio, sp.rate, STT_RATE))
         assert wer("How far away is the moon?", heard.text) <= 0.25
-    assert set(seen["/v1/audio/speech"]) == {"Bearer sk-test-123"} and seen["/v1/audio/transcriptions"] == ["Bearer sk-test-123"]
+    assert set(seen["/v1/audio/speech"]) == {"Bearer sk-test-123"} and seen["/v1/audio/transcriptions"] == [
+        "Bearer sk-test-123"
+    ]
     await stt_engine.aclose()
 
 
@@ -222,13 +251,22 @@ async def test_stt_serve_batches_concurrent_clients_correctly(stt, speech, nurse
 
     from trio_websocket import open_websocket_url
 
-    from voxbridge.ops.stt_serve import serve
+    from voxbridge.stt.serve import serve
 
-    server, ports = await nursery.start(lambda task_status: serve(load_settings(env={}), ws_port=0, wyoming_port=None,
-                                                                   engine=stt, batch=True, task_status=task_status))
+    server, ports = await nursery.start(
+        lambda task_status: serve(
+            load_settings(env={}), ws_port=0, wyoming_port=None, engine=stt, batch=True, task_status=task_status
+        )
+    )
     engine = WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"]))
-    texts = ["What time is it in Tokyo?", "How far away is the moon?", TEXT, "Turn on the kitchen lights.",
-             "Add milk to my shopping list.", "Tell me a joke about computers."]
+    texts = [
+        "What time is it in Tokyo?",
+        "How far away is the moon?",
+        TEXT,
+        "Turn on the kitchen lights.",
+        "Add milk to my shopping list.",
+        "Tell me a joke about computers.",
+    ]
     got = {}
 
     async def one(text):

@@ -7,7 +7,9 @@ import pytest
 from voxbridge.audio.convert import resample
 
 
-@pytest.mark.parametrize(("src", "dst"), [(22050, 48000), (48000, 16000), (16000, 48000), (44100, 16000), (22051, 48000)])
+@pytest.mark.parametrize(
+    ("src", "dst"), [(22050, 48000), (48000, 16000), (16000, 48000), (44100, 16000), (22051, 48000)]
+)
 @pytest.mark.parametrize("n", [1, 97, 48127, 70001])  # 48127 and 70001 are primes
 def test_resample_length_and_waveform(src, dst, n):
     x = np.sin(np.arange(n) * 2 * np.pi * 440 / src).astype(np.float32)

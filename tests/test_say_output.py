@@ -2,7 +2,10 @@
 
 from .test_cli import ROOT, vbx
 
-UNREACHABLE = {"GENERAL_WEBHOOK_URL": "http://127.0.0.1:1/webhook/SECRET-KEY-123", "TECH_WEBHOOK_URL": "http://127.0.0.1:1/x"}
+UNREACHABLE = {
+    "GENERAL_WEBHOOK_URL": "http://127.0.0.1:1/webhook/SECRET-KEY-123",
+    "TECH_WEBHOOK_URL": "http://127.0.0.1:1/x",
+}
 
 
 def test_say_failure_prints_the_spoken_failure_notice(tmp_path):

@@ -15,7 +15,9 @@ SECRETS = {"hook": "HOOKKEY-9f8e7d", "hmac": "HMACSECRET-1a2b3c", "apikey": "API
 
 
 def run(args, env, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", "voxbridge", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "voxbridge", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 async def test_no_secret_appears_in_any_output_log_or_store(tmp_path, agent_server):
@@ -30,21 +32,49 @@ async def test_no_secret_appears_in_any_output_log_or_store(tmp_path, agent_serv
         '[[agents]]\nid = "general"\nkind = "n8n"\nurl = "${GENERAL_URL}"\nhmac_secret = "${HMAC}"\n'
         'headers = { "X-Api-Key" = "${APIKEY}" }\n'
         '[[agents]]\nid = "tech"\nkind = "webhook"\nurl = "${TECH_URL}"\nretries = 1\n'
-        '[[rules]]\nid = "bugs"\nagents = ["tech"]\nmatch = { keywords = ["bug"] }\n')
-    env = {**os.environ, "GENERAL_URL": f"{url}/webhook/general/{SECRETS['hook']}", "TECH_URL": f"{url}/tech/{SECRETS['hook']}",
-           "HMAC": SECRETS["hmac"], "APIKEY": SECRETS["apikey"], "VOXBRIDGE_API_TOKEN": SECRETS["api"],
-           "VOXBRIDGE_LOG__LEVEL": "debug", "VOXBRIDGE_API__PORT": "0", "VOXBRIDGE_STORE__URL": f"sqlite:///{tmp_path}/v.db"}
+        '[[rules]]\nid = "bugs"\nagents = ["tech"]\nmatch = { keywords = ["bug"] }\n'
+    )
+    env = {
+        **os.environ,
+        "GENERAL_URL": f"{url}/webhook/general/{SECRETS['hook']}",
+        "TECH_URL": f"{url}/tech/{SECRETS['hook']}",
+        "HMAC": SECRETS["hmac"],
+        "APIKEY": SECRETS["apikey"],
+        "VOXBRIDGE_API_TOKEN": SECRETS["api"],
+        "VOXBRIDGE_LOG__LEVEL": "debug",
+        "VOXBRIDGE_API__PORT": "0",
+        "VOXBRIDGE_STORE__URL": f"sqlite:///{tmp_path}/v.db",
+    }
     outputs = []
 
     def sync_runs():
-        for args in (["simulate", "--fast", "--no-progress", "--out", str(tmp_path / "sim"), "--say", "alice:what time is it",
-                      "--say", "bob@0.5:there is a bug in my code"],
-                     ["say", "--user", "carol", "hello there"], ["say", "--user", "dave", "another bug report"],
-                     ["check", "--reach"], ["config"]):
+        for args in (
+            [
+                "simulate",
+                "--fast",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "sim"),
+                "--say",
+                "alice:what time is it",
+                "--say",
+                "bob@0.5:there is a bug in my code",
+            ],
+            ["say", "--user", "carol", "hello there"],
+            ["say", "--user", "dave", "another bug report"],
+            ["check", "--reach"],
+            ["config"],
+        ):
             r = run(args, env, tmp_path)
             outputs.extend([r.stdout, r.stderr])
-        daemon = subprocess.Popen([sys.executable, "-m", "voxbridge", "run", "--no-discord"], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             port = None
             deadline = time.time() + 120
@@ -72,8 +102,15 @@ async def test_no_secret_appears_in_any_output_log_or_store(tmp_path, agent_serv
     outputs.append((tmp_path / "sim" / "log.json").read_text())
     for db in (tmp_path / "v.db", tmp_path / "sim" / "voxbridge.db"):
         conn = sqlite3.connect(db)
-        outputs.append(json.dumps([list(r) for t in ("turns", "sessions", "routing_decisions")
-                                   for r in conn.execute(f"select * from {t}")]))
+        outputs.append(
+            json.dumps(
+                [
+                    list(r)
+                    for t in ("turns", "sessions", "routing_decisions")
+                    for r in conn.execute(f"select * from {t}")
+                ]
+            )
+        )
         conn.close()
     everything = "\n".join(outputs)
     assert "All good." in everything and "http_500" in everything  # the runs really happened, errors included

@@ -30,8 +30,11 @@ class SeededPiper:
         from piper import SynthesisConfig
 
         rng = random.Random(f"{self.seed}|{text}")
-        cfg = SynthesisConfig(length_scale=rng.uniform(0.9, 1.15), noise_scale=rng.uniform(0.45, 0.9),
-                              noise_w_scale=rng.uniform(0.55, 1.05))
+        cfg = SynthesisConfig(
+            length_scale=rng.uniform(0.9, 1.15),
+            noise_scale=rng.uniform(0.45, 0.9),
+            noise_w_scale=rng.uniform(0.55, 1.05),
+        )
         audio = np.concatenate([c.audio_int16_array for c in self.voice.synthesize(text, syn_config=cfg)])
         return Speech(audio=audio.astype(np.float32) / 32768.0, rate=int(self.voice.config.sample_rate))
 
@@ -46,8 +49,18 @@ async def test_default_scenario_answers_the_two_who_address_the_bot(seed, tmp_pa
         tts=attrs.evolve(base_settings.tts, backend="none"),
     )
     lines = [parse_line(s, "say") for s in DEFAULT_SCENARIO]
-    result = await simulate(settings, lines, out_dir=tmp_path / "out", fast=True, demo_agents=True, quiet=True,
-                            progress=False, stt=stt, tts=False, line_tts=SeededPiper(piper.voice, seed))
+    result = await simulate(
+        settings,
+        lines,
+        out_dir=tmp_path / "out",
+        fast=True,
+        demo_agents=True,
+        quiet=True,
+        progress=False,
+        stt=stt,
+        tts=False,
+        line_tts=SeededPiper(piper.voice, seed),
+    )
     by_user = {t["user_id"]: t for t in result.turns}
     assert sorted(by_user) == ["alice", "bob", "carol"], [(t["user_id"], t["transcript"]) for t in result.turns]
     for user in ("alice", "bob"):

@@ -13,7 +13,7 @@ from voxbridge.audio.convert import split_frames
 from voxbridge.core.channel import ChannelSession
 from voxbridge.core.playback import CollectSink
 from voxbridge.core.services import open_services
-from voxbridge.core.speaker import Decode, has_spare_capacity
+from voxbridge.core.utterance import Decode, has_spare_capacity
 from voxbridge.stt.local import DecodeDiscarded
 
 from .helpers import SpeechMaker, wer
@@ -56,8 +56,10 @@ async def test_no_early_decode_starts_while_every_worker_is_busy(settings, stt, 
     cfg = await _agents(settings, agent_server)
     settings = attrs.evolve(settings, tts=attrs.evolve(settings.tts, backend="none"))
     pcm = SpeechMaker(piper).discord(QUESTION, 0.3, 1.3)
-    async with open_services(settings, agents=cfg, stt=stt, tts=False, observer=lambda k, f: None) as services, \
-            trio.open_nursery() as nursery:
+    async with (
+        open_services(settings, agents=cfg, stt=stt, tts=False, observer=lambda k, f: None) as services,
+        trio.open_nursery() as nursery,
+    ):
         channel = await nursery.start(ChannelSession(services, "g1", "c1", CollectSink()).run)
         busy = [object() for _ in range(int(stt.limiter.total_tokens))]
         for owner in busy:  # every decode worker is taken by someone else
@@ -83,8 +85,10 @@ async def test_no_early_decode_starts_while_every_worker_is_busy(settings, stt, 
 async def test_early_decode_runs_on_an_idle_worker(settings, stt, piper, agent_server):
     cfg = await _agents(settings, agent_server)
     pcm = SpeechMaker(piper).discord(QUESTION, 0.3, 1.3)
-    async with open_services(settings, agents=cfg, stt=stt, tts=False, observer=lambda k, f: None) as services, \
-            trio.open_nursery() as nursery:
+    async with (
+        open_services(settings, agents=cfg, stt=stt, tts=False, observer=lambda k, f: None) as services,
+        trio.open_nursery() as nursery,
+    ):
         channel = await nursery.start(ChannelSession(services, "g1", "c1", CollectSink()).run)
         h = channel.add_speaker("u1", "alice")
         for frame in split_frames(pcm):
@@ -154,6 +158,7 @@ async def test_cancelled_decode_stops_at_the_next_step_and_releases_its_worker(s
     checked._inner = spy
     try:
         async with trio.open_nursery() as nursery:
+
             async def decode():
                 await stt.transcribe(audio)
 

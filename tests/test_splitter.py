@@ -11,7 +11,14 @@ def _run(text, step=1, **kw):
 
 def test_sentences_split_but_not_abbreviations_numbers_urls():
     text = "Hello Dr. Smith, pi is 3.14 today. See example.com/a.b now! Is it J. Doe? Yes\nok e.g. this. The end"
-    expected = ["Hello Dr. Smith, pi is 3.14 today.", "See example.com/a.b now!", "Is it J. Doe?", "Yes", "ok e.g. this.", "The end"]
+    expected = [
+        "Hello Dr. Smith, pi is 3.14 today.",
+        "See example.com/a.b now!",
+        "Is it J. Doe?",
+        "Yes",
+        "ok e.g. this.",
+        "The end",
+    ]
     for step in (1, 3, 1000):  # streamed token sizes must not change the result
         assert _run(text, step) == expected
 

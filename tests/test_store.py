@@ -97,10 +97,18 @@ async def test_concurrent_turns_get_distinct_numbers(store):
 
 async def test_decisions_are_recorded_and_queryable(store):
     t = await store.begin_turn(T())
-    await store.mark_routed(t.turn_id, {"turn_id": t.turn_id, "method": "rule", "rule_id": "code", "agent_ids": ["tech"], "latency_ms": 0.2},
-                            agent_id="tech", route_method="rule", rule_id="code")
+    await store.mark_routed(
+        t.turn_id,
+        {"turn_id": t.turn_id, "method": "rule", "rule_id": "code", "agent_ids": ["tech"], "latency_ms": 0.2},
+        agent_id="tech",
+        route_method="rule",
+        rule_id="code",
+    )
     u = await store.begin_turn(T())
-    await store.mark_routed(u.turn_id, {"turn_id": u.turn_id, "method": "fallback", "rule_id": None, "agent_ids": ["general"], "latency_ms": 0.1})
+    await store.mark_routed(
+        u.turn_id,
+        {"turn_id": u.turn_id, "method": "fallback", "rule_id": None, "agent_ids": ["general"], "latency_ms": 0.1},
+    )
     row = await store.get_turn(t.turn_id)
     assert (row["status"], row["agent_id"], row["route_method"], row["rule_id"]) == ("routed", "tech", "rule", "code")
     [d] = await store.decisions(method="rule")

@@ -11,8 +11,8 @@ import trio
 
 from voxbridge.agents.config import parse_agents
 from voxbridge.core.services import open_services
-from voxbridge.core.speaker import SpeakerInfo
 from voxbridge.core.turn import answer_transcript
+from voxbridge.core.utterance import SpeakerInfo
 from voxbridge.stt import Transcript
 
 
@@ -41,8 +41,10 @@ async def fail500(req, resp, body):
 def config(url, strategy="user_preference", agents=("general", "tech", "spare"), extra_agent="", extra=""):
     parts = [f'[routing]\nstrategy = "{strategy}"\ndefault_agent = "general"\n{extra}\n']
     for a in agents:
-        parts.append(f'[[agents]]\nid = "{a}"\nname = "{a.title()}"\nkind = "n8n"\nurl = "{url}/{a}"\nretries = 0\n'
-                     f'timeout_s = 2\ncircuit_failures = 2\ncircuit_reset_s = 0.5\n{extra_agent}\n')
+        parts.append(
+            f'[[agents]]\nid = "{a}"\nname = "{a.title()}"\nkind = "n8n"\nurl = "{url}/{a}"\nretries = 0\n'
+            f"timeout_s = 2\ncircuit_failures = 2\ncircuit_reset_s = 0.5\n{extra_agent}\n"
+        )
     return parse_agents("\n".join(parts), "test-agents.toml", env={})
 
 
@@ -122,7 +124,9 @@ async def test_broadcast_speaks_answers_in_configured_order(settings, world):
 
         spk = SpeakerInfo("alice", "alice", "g1", "c1")
         tr = Transcript(text="status report", language="en", confidence=0.9, duration_s=1.0)
-        out = await answer_transcript(services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None, on_text=capture)
+        out = await answer_transcript(
+            services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None, on_text=capture
+        )
         row = await services.store.get_turn(out.turn_id)
     assert [s.split(":")[0] for s in spoken] == ["General", "Tech", "Spare"]
     assert row["route_method"] == "broadcast" and row["agent_id"] == "general,tech,spare"
@@ -185,7 +189,11 @@ async def test_openai_chat_completions_sse_with_history_and_system_prompt(settin
         n = len(requests)
         await resp.start(200, {"content-type": "text/event-stream"})
         for piece in [f"Answer {n}", " is", " here."]:
-            chunk = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}}]}
+            chunk = {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": piece}}],
+            }
             data = f"data: {json.dumps(chunk)}\n\n".encode()
             await resp.send(data[:10])  # split mid-event
             await resp.send(data[10:])
@@ -193,8 +201,12 @@ async def test_openai_chat_completions_sse_with_history_and_system_prompt(settin
         await resp.end()
 
     url = await agent_server(handler)
-    cfg = parse_agents(f'[[agents]]\nid = "llm"\nkind = "openai"\nurl = "{url}/v1/chat/completions"\nmodel = "tiny"\n'
-                       'api_key = "${VBX_TEST_KEY:-sk-test}"\nsystem_prompt = "Answer in one sentence."\n', "a.toml", env={})
+    cfg = parse_agents(
+        f'[[agents]]\nid = "llm"\nkind = "openai"\nurl = "{url}/v1/chat/completions"\nmodel = "tiny"\n'
+        'api_key = "${VBX_TEST_KEY:-sk-test}"\nsystem_prompt = "Answer in one sentence."\n',
+        "a.toml",
+        env={},
+    )
     async with open_services(settings, agents=cfg, stt=False, tts=False) as services:
         first = await ask(services, "What is two plus two?")
         second = await ask(services, "And three plus three?")
@@ -233,8 +245,9 @@ async def test_per_agent_concurrency_limit(settings, world):
         await ok(req, resp, body)
 
     agents.behaviour["general"] = slow
-    async with open_services(settings, agents=config(url, agents=("general",), extra_agent="max_concurrency = 2"),
-                             stt=False, tts=False) as services:
+    async with open_services(
+        settings, agents=config(url, agents=("general",), extra_agent="max_concurrency = 2"), stt=False, tts=False
+    ) as services:
         async with trio.open_nursery() as n:
             for i in range(6):
                 n.start_soon(ask, services, f"q{i}", f"user{i}")

@@ -89,16 +89,19 @@ def test_table_is_big_enough():
     assert len(MATCH) + len(NO_MATCH) >= 40
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("The weather's terrible.", ["the", "weather", "terrible"]),
-    ("I can’t log in", ["i", "can", "not", "log", "in"]),
-    ("twenty-one pilots", ["21", "pilots"]),
-    ("seventy seven", ["77"]),
-    ("1,000 dollars, pi is 3.14", ["1000", "dollars", "pi", "is", "3.14"]),
-    ("naïve Straße", ["naive", "strasse"]),
-    ("Привет мир", ["привет", "мир"]),
-    ("Hello!!! World...", ["hello", "world"]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The weather's terrible.", ["the", "weather", "terrible"]),
+        ("I can’t log in", ["i", "can", "not", "log", "in"]),
+        ("twenty-one pilots", ["21", "pilots"]),
+        ("seventy seven", ["77"]),
+        ("1,000 dollars, pi is 3.14", ["1000", "dollars", "pi", "is", "3.14"]),
+        ("naïve Straße", ["naive", "strasse"]),
+        ("Привет мир", ["привет", "мир"]),
+        ("Hello!!! World...", ["hello", "world"]),
+    ],
+)
 def test_words(text, expected):
     assert words(text) == expected
 
@@ -123,8 +126,10 @@ def test_check_warns_about_keywords_that_cannot_match(tmp_path):
     from .test_cli import vbx
 
     f = tmp_path / "agents.toml"
-    f.write_text('[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://127.0.0.1:9/a"\nkeywords = ["weather\'s", "!!!"]\n\n'
-                 '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { keywords = ["c++"] }\n')
+    f.write_text(
+        '[[agents]]\nid = "a"\nkind = "n8n"\nurl = "http://127.0.0.1:9/a"\nkeywords = ["weather\'s", "!!!"]\n\n'
+        '[[rules]]\nid = "r"\nagents = ["a"]\nmatch = { keywords = ["c++"] }\n'
+    )
     r = vbx("check", "--agents", str(f))
     assert r.returncode == 0, r.stderr
     assert "warning: agent a: keyword '!!!' has no letters or digits, so it can never match" in r.stdout

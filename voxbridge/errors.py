@@ -41,3 +41,7 @@ class AgentError(VoxBridgeError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"agent {agent_id!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class ControlError(Exception):
+    """A request that cannot be done, with a message fit for the user who asked."""

@@ -16,14 +16,25 @@ from .audio import DISCORD_RATE
 from .audio.wav import write_wav
 from .core.playback import CollectSink, Playback
 from .core.services import open_services
-from .core.speaker import SpeakerInfo
 from .core.turn import answer_transcript
+from .core.utterance import SpeakerInfo
 from .stt import Transcript
 
 
-async def say(settings, text: str, *, user: str, guild: str, channel: str, roles: frozenset[str],
-              demo_agents: bool = False, speak: Path | None = None, store_url: str | None = None,
-              explain: bool = False, out=sys.stdout) -> int:
+async def say(
+    settings,
+    text: str,
+    *,
+    user: str,
+    guild: str,
+    channel: str,
+    roles: frozenset[str],
+    demo_agents: bool = False,
+    speak: Path | None = None,
+    store_url: str | None = None,
+    explain: bool = False,
+    out=sys.stdout,
+) -> int:
     from .agents.config import load_agents
     from .sim.demo_agents import DemoAgents
 
@@ -33,8 +44,14 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
             demo = DemoAgents()
             await nursery.start(demo.serve)
             agents = demo.answer_for(agents)
-        async with open_services(settings, agents=agents, stt=False, tts=speak is not None, store_url=store_url,
-                                 observer=lambda kind, fields: None) as services:
+        async with open_services(
+            settings,
+            agents=agents,
+            stt=False,
+            tts=speak is not None,
+            store_url=store_url,
+            observer=lambda kind, fields: None,
+        ) as services:
             sink = CollectSink()
             playback = Playback(sink) if speak is not None else None
             speaker = SpeakerInfo(user_id=user, user_name=user, guild_id=guild, channel_id=channel, roles=roles)
@@ -44,7 +61,12 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
                 rule = f" rule={d.rule_id}" if d.rule_id else ""
                 extra = f" fallbacks={','.join(d.fallbacks)}" if d.fallbacks else ""
                 skipped = f" skipped(circuit open)={','.join(d.skipped)}" if d.skipped else ""
-                print(f"route: {d.method}{rule} -> {','.join(d.agent_ids) or '(none)'}{extra}{skipped} ({d.latency_ms} ms)", file=out, flush=True)
+                print(
+                    f"route: {d.method}{rule} -> {','.join(d.agent_ids) or '(none)'}{extra}{skipped} "
+                    f"({d.latency_ms} ms)",
+                    file=out,
+                    flush=True,
+                )
                 if explain:
                     for step in d.trace:
                         print(f"  why: {step}", file=out, flush=True)
@@ -59,8 +81,16 @@ async def say(settings, text: str, *, user: str, guild: str, channel: str, roles
             async with trio.open_nursery() as inner:  # bounds the playback task of --speak
                 if playback is not None:
                     inner.start_soon(playback.run)
-                outcome = await answer_transcript(services, speaker, transcript, ended_at=trio.current_time(),
-                                                  timings={}, playback=playback, on_text=on_text, on_decision=on_decision)
+                outcome = await answer_transcript(
+                    services,
+                    speaker,
+                    transcript,
+                    ended_at=trio.current_time(),
+                    timings={},
+                    playback=playback,
+                    on_text=on_text,
+                    on_decision=on_decision,
+                )
                 inner.cancel_scope.cancel()
             if outcome.status != "answered" and outcome.speech is not None:
                 # what the channel hears instead of an answer (a partial answer is dropped)
@@ -92,6 +122,8 @@ def describe_sqlite_path(path: str) -> str:
     line = f"store: {p.resolve()}"
     first = p.parts[0] if p.parts else ""
     if not p.is_absolute() and first and (Path("/") / first).is_dir() and Path.cwd() != Path("/"):
-        line += (f"\n  (sqlite:///{path} is relative to the working directory; for /{path} write "
-                 f"sqlite:////{path}, four slashes)")
+        line += (
+            f"\n  (sqlite:///{path} is relative to the working directory; for /{path} write "
+            f"sqlite:////{path}, four slashes)"
+        )
     return line

@@ -28,12 +28,27 @@ import unicodedata
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'", "´": "'", "′": "'"})
 # A word: letters/digits of any script, with inner apostrophes; digits may hold "1,000" / "3.5".
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W_]+(?:'[^\W_]+)*'?")
-_SPECIAL = {"can't": ("can", "not"), "cannot": ("can", "not"), "won't": ("will", "not"),
-            "shan't": ("shall", "not"), "ain't": ("is", "not")}
-_SUFFIXES = (("n't", ("not",)), ("'re", ("are",)), ("'ve", ("have",)), ("'ll", ("will",)),
-             ("'m", ("am",)), ("'d", ("would",)), ("'s", ()), ("'", ()))
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-          "fifteen sixteen seventeen eighteen nineteen").split()
+_SPECIAL = {
+    "can't": ("can", "not"),
+    "cannot": ("can", "not"),
+    "won't": ("will", "not"),
+    "shan't": ("shall", "not"),
+    "ain't": ("is", "not"),
+}
+_SUFFIXES = (
+    ("n't", ("not",)),
+    ("'re", ("are",)),
+    ("'ve", ("have",)),
+    ("'ll", ("will",)),
+    ("'m", ("am",)),
+    ("'d", ("would",)),
+    ("'s", ()),
+    ("'", ()),
+)
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
 _NUMBERS = {w: i for i, w in enumerate(_UNITS)} | _TENS
 
@@ -125,7 +140,7 @@ class Text:
             return None
         n = len(target)
         for i in range(len(self.words) - n + 1):
-            if tuple(self.words[i:i + n]) == target:
+            if tuple(self.words[i : i + n]) == target:
                 return " ".join(target)
         joined = "".join(target)
         return joined if joined in self._set else None
@@ -134,8 +149,8 @@ class Text:
 def _find_run(ws: list[str], joined: str) -> str | None:
     for n in (2, 3):
         for i in range(len(ws) - n + 1):
-            if "".join(ws[i:i + n]) == joined:
-                return " ".join(ws[i:i + n])
+            if "".join(ws[i : i + n]) == joined:
+                return " ".join(ws[i : i + n])
     return None
 
 

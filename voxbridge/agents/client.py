@@ -4,9 +4,9 @@ Kinds differ only in the request (`build_request`): `n8n` and `webhook` POST the
 payload; `openai` POSTs a Chat Completions body (system prompt, previous turns as messages).
 The reply's shape (JSON, text, n8n NDJSON, SSE) is detected by `ReplyParser`.
 
-Retries with exponential backoff on connection errors, 5xx and n8n's not-ready answers (404
-"not registered", 200 "n8n is starting up") — only before the first byte of the answer, never
-after (the agent may already be acting). Timeouts: connect, first byte / between chunks
+Retries with jittered exponential backoff (`voxbridge.retry`) on connection errors, 5xx and
+n8n's not-ready answers (404 "not registered", 200 "n8n is starting up") — only before the first
+byte of the answer, never after (the agent may already be acting). Timeouts: connect, first byte / between chunks
 (`timeout_s`), whole answer (`total_timeout_s`); keepalives are not the answer's first byte and
 hold a silent answer open only until `total_timeout_s`. The body is decoded as it streams
 (`decode.BodyDecoder`: gzip, deflate) and capped at `max_response_bytes` on the wire and decoded.
@@ -27,6 +27,7 @@ import httpx
 import trio
 
 from ..errors import AgentError
+from ..retry import retrying
 from .config import AgentSpec, redact_url
 from .decode import ACCEPT_ENCODING, BodyDecoder
 from .reply import ReplyError, ReplyParser
@@ -43,7 +44,6 @@ class AgentAnswer:
     handoff: str | None
     attempts: int
     first_byte_s: float | None
-    total_s: float
 
 
 def make_http_client() -> httpx.AsyncClient:
@@ -56,12 +56,16 @@ def make_http_client() -> httpx.AsyncClient:
     )
 
 
-NOT_REGISTERED_DETAIL = ("n8n says the webhook is not registered: is the workflow active and the path and "
-                         "method right? (n8n answers this for ~10 s after a restart while workflows activate)")
+NOT_REGISTERED_DETAIL = (
+    "n8n says the webhook is not registered: is the workflow active and the path and "
+    "method right? (n8n answers this for ~10 s after a restart while workflows activate)"
+)
 N8N_STARTING = "n8n is starting up. Please wait"  # n8n's 200 (!) while its database migrates
 
 
 def _retryable(exc: BaseException) -> bool:
+    """Nothing ran on the agent's side: a connection that never carried the request, a 5xx, n8n
+    not ready. Anything else (timeouts, bad replies, cancellation) is final."""
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)) or (
         isinstance(exc, _Status) and (exc.status >= 500 or bool(exc.state))
     )
@@ -101,25 +105,34 @@ class _Progress:
     keepalives: int = 0
 
 
-async def call_agent(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText,
-                     *, backoff_s: float = 0.25) -> AgentAnswer:
+async def call_agent(
+    agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText, *, backoff_s: float = 0.25
+) -> AgentAnswer:
     started = time.perf_counter()
     attempt = 0
     progress = _Progress(started)
     try:
         with trio.fail_after(agent.total_timeout_s):
-            while True:
-                attempt += 1
-                progress = _Progress(time.perf_counter())
-                try:
-                    return await _attempt(agent, payload, http, on_text, started, attempt, progress)
-                except (httpx.TransportError, _Status) as exc:
-                    if attempt > agent.retries or not _retryable(exc):
+            async for retry in retrying(
+                _retryable, attempts=agent.retries + 1, timeout_s=None, wait_initial_s=backoff_s
+            ):
+                with retry:
+                    attempt = retry.num
+                    progress = _Progress(time.perf_counter())
+                    try:
+                        return await _attempt(agent, payload, http, on_text, started, attempt, progress)
+                    except (httpx.TransportError, _Status) as exc:
+                        if attempt <= agent.retries and _retryable(exc):
+                            log.warning(
+                                "event=agent_retry agent=%s attempt=%d reason=%s backoff_s=%.2f url=%s",
+                                agent.id,
+                                attempt,
+                                _reason(exc),
+                                retry.next_wait,
+                                redact_url(agent.url),
+                            )
                         raise
-                    delay = backoff_s * 2 ** (attempt - 1)
-                    log.warning("event=agent_retry agent=%s attempt=%d reason=%s delay_s=%.2f url=%s",
-                                agent.id, attempt, _reason(exc), delay, redact_url(agent.url))
-                    await trio.sleep(delay)
+            raise AssertionError("unreachable: the last attempt returns or raises")
     except trio.TooSlowError:
         raise _total_timeout(agent, progress) from None
     except _Status as exc:
@@ -144,11 +157,15 @@ def _total_timeout(agent: AgentSpec, p: _Progress) -> AgentError:
     now = time.perf_counter()
     kept = f" ({p.keepalives} keepalive(s), no content)" if p.keepalives else ""
     if p.first_byte is None and now - p.started > agent.timeout_s:
-        return AgentError(agent.id, "timeout_first_byte",
-                          f"nothing said within total_timeout_s {agent.total_timeout_s:g}s{kept}")
+        return AgentError(
+            agent.id, "timeout_first_byte", f"nothing said within total_timeout_s {agent.total_timeout_s:g}s{kept}"
+        )
     if p.first_byte is not None and now - p.last_content > agent.timeout_s:
-        return AgentError(agent.id, "timeout_stream",
-                          f"no content for {now - p.last_content:.1f}s mid-answer{kept}, cut at total_timeout_s")
+        return AgentError(
+            agent.id,
+            "timeout_stream",
+            f"no content for {now - p.last_content:.1f}s mid-answer{kept}, cut at total_timeout_s",
+        )
     return AgentError(agent.id, "timeout_total", f"no complete answer within {agent.total_timeout_s:g}s")
 
 
@@ -193,15 +210,24 @@ def auth_headers(agent: AgentSpec) -> dict[str, str]:
 def build_request(agent: AgentSpec, payload: dict) -> tuple[bytes, dict[str, str]]:
     """The exact bytes and headers to POST (signed bytes must be the sent bytes)."""
     if agent.kind == "openai":
-        body_obj = {"model": agent.model, "messages": openai_messages(agent, payload), "stream": agent.streaming,
-                    "max_tokens": agent.max_tokens, "temperature": agent.temperature}
+        body_obj = {
+            "model": agent.model,
+            "messages": openai_messages(agent, payload),
+            "stream": agent.streaming,
+            "max_tokens": agent.max_tokens,
+            "temperature": agent.temperature,
+        }
         accept = "text/event-stream, application/json"
     else:
         body_obj = payload
         accept = "application/x-ndjson, application/json, text/event-stream, text/plain"
     body = json.dumps(body_obj, ensure_ascii=False).encode()
-    headers = {"content-type": "application/json", "accept": accept, "accept-encoding": ACCEPT_ENCODING,
-               **auth_headers(agent)}
+    headers = {
+        "content-type": "application/json",
+        "accept": accept,
+        "accept-encoding": ACCEPT_ENCODING,
+        **auth_headers(agent),
+    }
     if agent.hmac_secret:
         headers.update(sign(agent.hmac_secret, body))
     return body, headers
@@ -215,9 +241,18 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, st
     return {"x-voxbridge-timestamp": ts, "x-voxbridge-signature": f"sha256={digest}"}
 
 
-async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText,
-                   started: float, attempt: int, progress: _Progress) -> AgentAnswer:
-    timeout = httpx.Timeout(connect=agent.connect_timeout_s, read=agent.timeout_s, write=agent.timeout_s, pool=agent.connect_timeout_s)
+async def _attempt(
+    agent: AgentSpec,
+    payload: dict,
+    http: httpx.AsyncClient,
+    on_text: OnText,
+    started: float,
+    attempt: int,
+    progress: _Progress,
+) -> AgentAnswer:
+    timeout = httpx.Timeout(
+        connect=agent.connect_timeout_s, read=agent.timeout_s, write=agent.timeout_s, pool=agent.connect_timeout_s
+    )
     body, headers = build_request(agent, payload)
     pieces: list[str] = []
     first_data: float | None = None
@@ -227,7 +262,9 @@ async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_
                 head = b""
                 if resp.status_code == 404 and agent.kind == "n8n":
                     head = await _read_some(resp, 8192)
-                raise _Status(resp.status_code, "not_registered" if is_n8n_not_registered(resp.status_code, head) else "")
+                raise _Status(
+                    resp.status_code, "not_registered" if is_n8n_not_registered(resp.status_code, head) else ""
+                )
             parser = ReplyParser(agent.kind, resp.headers.get("content-type", ""))
             decoder = BodyDecoder(resp.headers.get("content-encoding"), agent.max_response_bytes)
             async for chunk in resp.aiter_raw():  # wire bytes; decoded (and capped) by BodyDecoder
@@ -269,7 +306,7 @@ async def _attempt(agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_
     answer = "".join(pieces).strip()
     if not answer and not parser.handoff:
         raise ReplyError("empty_response", "the agent's answer had no text")
-    return AgentAnswer(agent.id, answer, parser.handoff, attempt, progress.first_byte, time.perf_counter() - started)
+    return AgentAnswer(agent.id, answer, parser.handoff, attempt, progress.first_byte)
 
 
 async def _read_some(resp: httpx.Response, limit: int) -> bytes:

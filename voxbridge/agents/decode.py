@@ -35,7 +35,7 @@ class BodyDecoder:
         self.limit = limit
         self.decoded = 0
         self._z: zlib._Decompress | None = None
-        self._br = brotli.Decompressor() if self.coding == "br" else None
+        self._br = brotli.Decompressor() if self.coding == "br" and brotli is not None else None
         self._deflate_raw: bool | None = None  # deflate: zlib-wrapped (RFC) or raw (some servers)
         self._pending = b""  # deflate: first bytes kept until the wrapping is known
 
@@ -73,6 +73,7 @@ class BodyDecoder:
         if self.coding == "identity":
             return self._count(data)
         if self._br is not None:
+            assert brotli is not None  # a brotli decompressor exists only with the module
             out = bytearray()
             for i in range(0, len(data), _BROTLI_SLICE):
                 try:

@@ -145,8 +145,13 @@ async def probe_agent(agent: AgentSpec, http: httpx.AsyncClient) -> Probe:
             return await _probe_openai(agent, http, timeout, ms)
         headers = dict(agent.headers)
         if agent.kind == "n8n":
-            headers.update({"origin": "http://voxbridge.invalid", "access-control-request-method": "POST",
-                            "access-control-request-headers": "content-type"})
+            headers.update(
+                {
+                    "origin": "http://voxbridge.invalid",
+                    "access-control-request-method": "POST",
+                    "access-control-request-headers": "content-type",
+                }
+            )
         resp = await http.request("OPTIONS", agent.url, timeout=timeout, headers=headers)
     except httpx.HTTPError as exc:
         return Probe(agent.id, "FAIL", f"cannot reach the host ({type(exc).__name__})")
@@ -154,15 +159,26 @@ async def probe_agent(agent: AgentSpec, http: httpx.AsyncClient) -> Probe:
     if agent.kind == "n8n" and allowed is not None:
         methods = {m.strip().upper() for m in allowed.split(",")}
         if "POST" in methods:
-            return Probe(agent.id, "ok", f"n8n webhook registered for POST (CORS preflight HTTP {resp.status_code} "
-                                         f"in {ms()}; nothing triggered)")
-        return Probe(agent.id, "FAIL", f"n8n has no webhook registered for POST at this path (methods: {allowed}; "
-                                       f"HTTP {resp.status_code} in {ms()}): is the workflow active, the path "
-                                       "right, n8n done starting?")
+            return Probe(
+                agent.id,
+                "ok",
+                f"n8n webhook registered for POST (CORS preflight HTTP {resp.status_code} "
+                f"in {ms()}; nothing triggered)",
+            )
+        return Probe(
+            agent.id,
+            "FAIL",
+            f"n8n has no webhook registered for POST at this path (methods: {allowed}; "
+            f"HTTP {resp.status_code} in {ms()}): is the workflow active, the path "
+            "right, n8n done starting?",
+        )
     if resp.status_code == 404 or resp.status_code >= 500:
         return Probe(agent.id, "FAIL", f"OPTIONS answered HTTP {resp.status_code} in {ms()}: nothing serves this path")
-    what = ("the server did not answer the CORS preflight as n8n does, so the webhook's registration was not checked"
-            if agent.kind == "n8n" else "the endpoint itself was not checked (only a POST would tell, and it triggers it)")
+    what = (
+        "the server did not answer the CORS preflight as n8n does, so the webhook's registration was not checked"
+        if agent.kind == "n8n"
+        else "the endpoint itself was not checked (only a POST would tell, and it triggers it)"
+    )
     return Probe(agent.id, "unverified", f"host answers (OPTIONS HTTP {resp.status_code} in {ms()}); {what}")
 
 
@@ -174,10 +190,15 @@ async def _probe_openai(agent: AgentSpec, http: httpx.AsyncClient, limit_s: floa
             break
     resp = await http.get(base + "/models", timeout=limit_s, headers=auth_headers(agent))
     if resp.status_code in (401, 403):
-        return Probe(agent.id, "FAIL", f"the server refused the API key (GET /models HTTP {resp.status_code} in {ms()})")
+        return Probe(
+            agent.id, "FAIL", f"the server refused the API key (GET /models HTTP {resp.status_code} in {ms()})"
+        )
     if resp.status_code != 200:
-        return Probe(agent.id, "unverified", f"host answers, but GET /models gave HTTP {resp.status_code} in {ms()}: "
-                                             "the model was not checked")
+        return Probe(
+            agent.id,
+            "unverified",
+            f"host answers, but GET /models gave HTTP {resp.status_code} in {ms()}: the model was not checked",
+        )
     try:
         ids = [m.get("id") for m in resp.json().get("data", []) if isinstance(m, dict)]
     except (ValueError, AttributeError):

@@ -8,8 +8,15 @@ from typing import Any
 MAX_TEXT_CHARS = 4000  # a transcript beyond this is truncated with a marker
 
 
-def build_payload(*, text: str, turn, agent_id: str, previous_turns: list[dict[str, Any]], streaming: bool,
-                  preferences: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_payload(
+    *,
+    text: str,
+    turn,
+    agent_id: str,
+    previous_turns: list[dict[str, Any]],
+    streaming: bool,
+    preferences: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     if len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS] + " […truncated]"
     return {
@@ -27,8 +34,12 @@ def build_payload(*, text: str, turn, agent_id: str, previous_turns: list[dict[s
         "useStreaming": streaming,
         "context": {
             "previousTurns": [
-                {"transcript": t.get("transcript") or "", "response": t.get("response") or "",
-                 "turnNumber": t.get("number"), "agentId": t.get("agent_id")}
+                {
+                    "transcript": t.get("transcript") or "",
+                    "response": t.get("response") or "",
+                    "turnNumber": t.get("number"),
+                    "agentId": t.get("agent_id"),
+                }
                 for t in previous_turns
             ],
             "userPreferences": preferences or {},

@@ -16,18 +16,30 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..errors import ConfigError
 from .config import AgentsConfig, parse_agents, read_agents_bytes
 
+if TYPE_CHECKING:
+    from ..store.redis_layer import RedisLayer
+
 log = logging.getLogger("voxbridge.reload")
 
 
 class AgentsReloader:
-    def __init__(self, path: str | Path, holder, *, transform: Callable[[AgentsConfig], AgentsConfig] | None = None,
-                 poll_s: float = 1.0, broadcaster=None, instance: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        holder,
+        *,
+        transform: Callable[[AgentsConfig], AgentsConfig] | None = None,
+        poll_s: float = 1.0,
+        broadcaster: RedisLayer | None = None,
+        instance: str | None = None,
+    ):
         self.path = Path(path)
         self.holder = holder
         self.transform = transform or (lambda cfg: cfg)
@@ -56,8 +68,9 @@ class AgentsReloader:
             try:
                 text = data.decode("utf-8")
                 # Abandoned on cancel: a reload in progress never holds up shutdown (the result is dropped).
-                cfg = await trio.to_thread.run_sync(lambda: self.transform(parse_agents(text, str(self.path))),
-                                                    abandon_on_cancel=True)
+                cfg = await trio.to_thread.run_sync(
+                    lambda: self.transform(parse_agents(text, str(self.path))), abandon_on_cancel=True
+                )
             except UnicodeDecodeError:
                 self._reject(reason, ConfigError(str(self.path), "not UTF-8 text"))
                 return False
@@ -67,8 +80,14 @@ class AgentsReloader:
             if cfg.version == self.holder.current.version:
                 return False  # nothing changed (e.g. the watcher already applied this edit before SIGHUP)
             self.holder.swap(cfg)
-            log.info("event=agents_reloaded reason=%s version=%s agents=%s rules=%d reloads=%d",
-                     reason, cfg.version, ",".join(a.id for a in cfg.agents), len(cfg.rules), self.holder.reloads)
+            log.info(
+                "event=agents_reloaded reason=%s version=%s agents=%s rules=%d reloads=%d",
+                reason,
+                cfg.version,
+                ",".join(a.id for a in cfg.agents),
+                len(cfg.rules),
+                self.holder.reloads,
+            )
             if self.broadcaster is not None and reason != "broadcast":
                 await trio.to_thread.run_sync(self.broadcaster.publish_reload, cfg.version, self.instance)
             return True
@@ -76,8 +95,13 @@ class AgentsReloader:
     def _reject(self, reason: str, exc: ConfigError) -> None:
         self.holder.reload_failures += 1
         self.holder.last_error = str(exc)
-        log.warning("event=agents_reload_rejected reason=%s error=%r serving_version=%s failures=%d",
-                    reason, str(exc), self.holder.current.version, self.holder.reload_failures)
+        log.warning(
+            "event=agents_reload_rejected reason=%s error=%r serving_version=%s failures=%d",
+            reason,
+            str(exc),
+            self.holder.current.version,
+            self.holder.reload_failures,
+        )
 
     async def watch(self) -> None:
         """Poll the file; reload when its content differs from the config serving now.
@@ -92,7 +116,9 @@ class AgentsReloader:
             except ConfigError as exc:
                 if str(exc) != problem:
                     problem = str(exc)
-                    log.warning("event=agents_file_unreadable error=%r serving_version=%s", problem, self.holder.current.version)
+                    log.warning(
+                        "event=agents_file_unreadable error=%r serving_version=%s", problem, self.holder.current.version
+                    )
             else:
                 if problem is not None:
                     problem = None
@@ -114,22 +140,29 @@ class AgentsReloader:
         Redis going away is logged once and the subscription retried with back-off (local
         reloads keep working meanwhile); once the store is closed the listener just ends."""
         task_status.started()
+        broadcaster = self.broadcaster
+        if broadcaster is None:  # run() starts this only with a broadcaster
+            return
         pubsub = None
         delay = 1.0
         try:
-            while not getattr(self.broadcaster, "closed", False):
+            while not getattr(broadcaster, "closed", False):
                 try:
                     if pubsub is None:
-                        pubsub = await trio.to_thread.run_sync(self.broadcaster.reload_messages)  # connect: 2 s at most
+                        pubsub = await trio.to_thread.run_sync(broadcaster.reload_messages)  # connect: 2 s at most
                         if delay > 1.0:
                             log.info("event=reload_broadcast_restored")
                         delay = 1.0
-                    msg = await trio.to_thread.run_sync(functools.partial(pubsub.get_message, timeout=1.0), abandon_on_cancel=True)
+                    msg = await trio.to_thread.run_sync(
+                        functools.partial(pubsub.get_message, timeout=1.0), abandon_on_cancel=True
+                    )
                 except Exception as exc:  # RedisError, or the socket closed under us (ValueError, OSError)
-                    if getattr(self.broadcaster, "closed", False):
+                    if getattr(broadcaster, "closed", False):
                         return
                     if delay == 1.0:
-                        log.warning("event=reload_broadcast_unavailable error=%s retry_s=%.0f", type(exc).__name__, delay)
+                        log.warning(
+                            "event=reload_broadcast_unavailable error=%s retry_s=%.0f", type(exc).__name__, delay
+                        )
                     if pubsub is not None:
                         await trio.to_thread.run_sync(_close_quietly, pubsub)
                         pubsub = None
@@ -143,7 +176,9 @@ class AgentsReloader:
                 except (ValueError, TypeError):
                     continue
                 if isinstance(info, dict) and info.get("instance") != self.instance:
-                    log.info("event=agents_reload_announced by=%s version=%s", info.get("instance"), info.get("version"))
+                    log.info(
+                        "event=agents_reload_announced by=%s version=%s", info.get("instance"), info.get("version")
+                    )
                     await self.reload_now("broadcast")
         finally:
             if pubsub is not None:

@@ -221,10 +221,11 @@ class ReplyParser:
         if isinstance(obj, dict) and isinstance(obj.get("choices"), list):
             for c in obj["choices"]:
                 if isinstance(c, dict) and c.get("finish_reason") == "error":
-                    raise ReplyError("agent_error", "the server ended the answer with finish_reason \"error\"")
+                    raise ReplyError("agent_error", 'the server ended the answer with finish_reason "error"')
             text = "".join(
                 (c.get("delta") or c.get("message") or {}).get("content") or ""
-                for c in obj["choices"] if isinstance(c, dict)
+                for c in obj["choices"]
+                if isinstance(c, dict)
             )
             return [text] if text else []
         if self.kind == "openai":
@@ -250,14 +251,21 @@ class ReplyParser:
         if not isinstance(obj, dict):
             raise ReplyError("garbage", "n8n stream line is not an object")
         kind = obj.get("type")
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         if h := _handoff_of(meta):
             self.handoff = h
         if kind == "error":
             self._content()
             node = meta.get("nodeName")
-            raise ReplyError("agent_error", _error_message(obj.get("content") or (
-                f"the n8n node {node!r} failed" if isinstance(node, str) else "error in the n8n workflow")))
+            raise ReplyError(
+                "agent_error",
+                _error_message(
+                    obj.get("content")
+                    or (f"the n8n node {node!r} failed" if isinstance(node, str) else "error in the n8n workflow")
+                ),
+            )
         if kind != "item":
             if kind == "keepalive":
                 self.keepalives += 1

@@ -92,7 +92,9 @@ def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     unit = src_rate // g
     pad = unit * -(-min(len(x), 1024) // unit)
     n_padded = unit * _smooth_at_least(-(-(len(x) + 2 * pad) // unit))
-    padded = np.concatenate([np.zeros(pad, np.float32), x.astype(np.float32), np.zeros(n_padded - len(x) - pad, np.float32)])
+    padded = np.concatenate(
+        [np.zeros(pad, np.float32), x.astype(np.float32), np.zeros(n_padded - len(x) - pad, np.float32)]
+    )
     n_padded_out = n_padded // unit * (dst_rate // g)
     spectrum = np.fft.rfft(padded)
     keep = min(len(spectrum), n_padded_out // 2 + 1)
@@ -122,4 +124,3 @@ def split_frames(pcm: bytes) -> list[bytes]:
     if frames and len(frames[-1]) < FRAME_BYTES:
         frames[-1] = frames[-1] + bytes(FRAME_BYTES - len(frames[-1]))
     return frames
-

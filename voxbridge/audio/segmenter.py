@@ -88,7 +88,8 @@ class Segmenter:
         self.min_speech = _samples(min_speech_ms)
         self.tail = _samples(tail_ms)
         self._pending = np.zeros(0, np.float32)  # less than one window
-        self._preroll: deque[np.ndarray] = deque(maxlen=max(1, _samples(preroll_ms) // WINDOW))
+        self._preroll_windows = max(1, _samples(preroll_ms) // WINDOW)
+        self._preroll: deque[np.ndarray] = deque(maxlen=self._preroll_windows)
         self._chunks: list[np.ndarray] = []  # the current utterance's windows
         self._id: int | None = None
         self._speech_samples = 0
@@ -97,7 +98,6 @@ class Segmenter:
         self._silence_run = 0
         self._early_sent = False
         self._started_sent = False
-        self.windows_seen = 0
 
     @property
     def active(self) -> bool:
@@ -118,7 +118,6 @@ class Segmenter:
         probs = self.vad.probs(windows)
         events: list[Event] = []
         for window, p in zip(windows, probs, strict=True):
-            self.windows_seen += 1
             self._step(window, float(p), events)
         return events
 
@@ -176,12 +175,10 @@ class Segmenter:
     def _finish(self, reason: str, events: list[Event]) -> None:
         assert self._id is not None
         if self._speech_samples >= self.min_speech:
-            events.append(
-                UtteranceEnded(self._id, self._cut(), reason, _ms(self._speech_samples), self._early_sent)
-            )
+            events.append(UtteranceEnded(self._id, self._cut(), reason, _ms(self._speech_samples), self._early_sent))
         else:
             events.append(UtteranceDropped(self._id))
-        keep_tail = self._chunks[-self._preroll.maxlen :] if reason == "max_length" else []
+        keep_tail = self._chunks[-self._preroll_windows :] if reason == "max_length" else []
         self._id = None
         self._chunks = []
         self._in_speech = False

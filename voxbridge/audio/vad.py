@@ -29,6 +29,7 @@ def _window_dbfs(windows: np.ndarray) -> np.ndarray:
 class Vad(Protocol):
     def probs(self, windows: np.ndarray) -> np.ndarray:
         """Speech probability for each row of `windows` (shape (n, 512), float32)."""
+        ...
 
 
 def silero_model_path() -> Path:

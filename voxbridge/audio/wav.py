@@ -52,7 +52,9 @@ class WavReader:
         while True:
             chunk = f.read(8)
             if len(chunk) < 8:
-                raise self._fail("no audio data (the file ends before its data chunk)" if fmt else f"no fmt chunk; {_HINT}")
+                raise self._fail(
+                    "no audio data (the file ends before its data chunk)" if fmt else f"no fmt chunk; {_HINT}"
+                )
             cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if cid == b"fmt ":
                 if size < 16 or size > 1024:
@@ -136,7 +138,7 @@ def _to_mono(raw: bytes, fmt: str, width: int, channels: int) -> np.ndarray:
         x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
     elif width == 3:
         b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        i = (b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].astype(np.int32) << 16))
+        i = b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].astype(np.int32) << 16)
         i = np.where(i >= 1 << 23, i - (1 << 24), i)
         x = i.astype(np.float32) / float(1 << 23)
     else:

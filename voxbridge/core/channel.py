@@ -4,14 +4,16 @@
     ├── Playback.run                   the channel's one audio stream
     └── SpeakerSession.run  (each)     in its own cancel scope: leaving cancels only that speaker
 
-Frames enter through `SpeakerHandle`: `push_threadsafe` (py-cord's reader thread: never blocks,
-drops the oldest frame when the speaker's queue is full, counted), `push` (trio, same policy)
-or `send` (trio, waits for room: the fast simulation, which must not lose audio).
+Frames enter through `SpeakerHandle`: `push` (trio, never blocks: drops the oldest frame when the
+speaker's queue is full, counted; the Discord receiver hands frames over to trio and pushes them)
+or `send` (trio, waits for room: the fast simulation, which must not lose audio). Each speaker
+runs its turns with `run_turn`, handed to it here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -19,7 +21,9 @@ import trio
 from .conversation import EchoGuard, name_prompt
 from .playback import FrameSink, Playback
 from .services import Services
-from .speaker import SpeakerInfo, SpeakerSession
+from .speaker import SpeakerSession
+from .turn import run_turn
+from .utterance import SpeakerInfo
 
 log = logging.getLogger("voxbridge.channel")
 
@@ -31,7 +35,6 @@ class SpeakerHandle:
     scope: trio.CancelScope
     _send: trio.MemorySendChannel
     _receive: trio.MemoryReceiveChannel
-    _token: trio.lowlevel.TrioToken
     dropped_frames: int = 0
     finished: trio.Event = attrs.field(factory=trio.Event)
 
@@ -45,19 +48,12 @@ class SpeakerHandle:
             except trio.WouldBlock:
                 pass
             self.dropped_frames += 1
-            self.session.services.counters["frames_dropped"] += 1
+            self.session.services.metrics.frames_dropped.inc()
             try:
                 self._send.send_nowait(frame)
             except (trio.WouldBlock, trio.ClosedResourceError):
                 pass
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
-    def push_threadsafe(self, frame: bytes) -> None:
-        """From a foreign thread (py-cord's packet router): hand off and return at once."""
-        try:
-            self._token.run_sync_soon(self.push, frame)
-        except trio.RunFinishedError:
             pass
 
     async def send(self, frame: bytes) -> None:
@@ -80,12 +76,15 @@ class ChannelSession:
         self.channel_id = channel_id
         conv = services.settings.conversation
         self.echo = EchoGuard(conv.echo_window_s, conv.echo_threshold)
-        self.playback = Playback(sink, services.settings.playback.max_queued_turns,
-                                 on_clause=lambda text, seconds: self.echo.said(text, duration_s=seconds))
+        self.playback = Playback(
+            sink,
+            services.settings.playback.max_queued_turns,
+            on_clause=lambda text, seconds: self.echo.said(text, duration_s=seconds),
+        )
         self.speakers: dict[str, SpeakerHandle] = {}
         self.mode_override: str | None = None  # /voxbridge mode
         self.humans: int | None = None  # humans in the voice channel (Discord); None: count speakers
-        self.mirror = None  # async (text) -> None: posts to the text chat, when mirroring is on
+        self.mirror: Callable[[str], Awaitable[None]] | None = None  # posts to the text chat, when mirroring is on
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.turns_in_flight = 0
@@ -105,20 +104,27 @@ class ChannelSession:
         if self._scope is not None:
             self._scope.cancel()
 
-    def add_speaker(self, user_id: str, user_name: str = "", roles: frozenset[str] = frozenset()) -> SpeakerHandle | None:
+    def add_speaker(
+        self, user_id: str, user_name: str = "", roles: frozenset[str] = frozenset()
+    ) -> SpeakerHandle | None:
         if user_id in self.speakers:
             return self.speakers[user_id]
         if not self.accepting:
             return None
         if user_id in self.services.ignored:  # opted out: not heard, not transcribed, not stored
-            self.services.counters["optout_ignored"] += 1
+            self.services.metrics.optout_ignored.inc()
             return None
         assert self._nursery is not None, "ChannelSession.run must be started first"
-        info = SpeakerInfo(user_id=user_id, user_name=user_name or user_id, guild_id=self.guild_id,
-                           channel_id=self.channel_id, roles=roles)
+        info = SpeakerInfo(
+            user_id=user_id,
+            user_name=user_name or user_id,
+            guild_id=self.guild_id,
+            channel_id=self.channel_id,
+            roles=roles,
+        )
         send, receive = trio.open_memory_channel[bytes](self.services.settings.audio.frame_queue)
-        session = SpeakerSession(self, info, receive)
-        handle = SpeakerHandle(info, session, trio.CancelScope(), send, receive, trio.lowlevel.current_trio_token())
+        session = SpeakerSession(self, info, receive, run_turn)
+        handle = SpeakerHandle(info, session, trio.CancelScope(), send, receive)
         self.speakers[user_id] = handle
         self._nursery.start_soon(self._run_speaker, handle)
         self.services.emit("speaker_joined", user=info.user_name, channel=self.channel_id)

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import cast
 
 import attrs
 import trio
 
 from ..agents.config import AgentSpec
+from ..errors import ControlError
+from ..store import SessionRecord
 from .channel import ChannelSession
 from .playback import FrameSink
 from .services import Services
+from .speech import SpeechStream
 
 log = logging.getLogger("voxbridge.control")
-
-
-class ControlError(Exception):
-    """A request that cannot be done, with a message fit for the user who asked."""
 
 
 @attrs.frozen
@@ -77,8 +77,11 @@ class Control:
     def agents_for(self, guild_id: str, roles: frozenset[str] = frozenset()) -> list[AgentView]:
         cfg = self.services.agents.current
         health = self.services.agents.health
-        return [AgentView(a.id, a.name, a.description, a.kind, health.state(a.id))
-                for a in cfg.agents if a.allowed_in(guild_id, roles)]
+        return [
+            AgentView(a.id, a.name, a.description, a.kind, health.state(a.id))
+            for a in cfg.agents
+            if a.allowed_in(guild_id, roles)
+        ]
 
     def _agent(self, guild_id: str, roles: frozenset[str], name: str) -> AgentSpec:
         cfg = self.services.agents.current
@@ -90,11 +93,15 @@ class Control:
             raise ControlError(f"{agent.name} is not available to you here.")
         return agent
 
-    async def select_agent(self, guild_id: str, user_id: str, name: str, roles: frozenset[str] = frozenset()) -> AgentView:
+    async def select_agent(
+        self, guild_id: str, user_id: str, name: str, roles: frozenset[str] = frozenset()
+    ) -> AgentView:
         agent = self._agent(guild_id, roles, name)
         await self.services.store.pin_agent(guild_id, user_id, agent.id)
         self.services.emit("agent_selected", guild=guild_id, user=user_id, agent=agent.id)
-        return AgentView(agent.id, agent.name, agent.description, agent.kind, self.services.agents.health.state(agent.id))
+        return AgentView(
+            agent.id, agent.name, agent.description, agent.kind, self.services.agents.health.state(agent.id)
+        )
 
     async def clear_agent(self, guild_id: str, user_id: str) -> None:
         await self.services.store.pin_agent(guild_id, user_id, None)
@@ -113,7 +120,8 @@ class Control:
 
     # --- sessions -----------------------------------------------------------------------------
     async def session_info(self, guild_id: str, user_id: str) -> SessionView:
-        s = await self.services.store.session(guild_id, user_id)
+        # cast: Store's methods are made by __getattr__ (untyped); session returns a SessionRecord
+        s = cast(SessionRecord, await self.services.store.session(guild_id, user_id))
         agent = self.services.agents.current.get(s.agent_id) if s.agent_id else None
         return SessionView(s.conversation_id, s.session_id, s.agent_id, agent.name if agent else None, s.turn_count)
 
@@ -149,17 +157,21 @@ class Control:
     # --- speaking ---------------------------------------------------------------------------
     def speak(self, guild_id: str, text: str) -> str:
         """Say `text` in the guild's voice channel (queued like an answer); returns its id."""
-        from .speaker import SpeakerInfo
-        from .turn import _Speech
-
         channel = self.channels.get(guild_id)
         if channel is None:
             raise ControlError("VoxBridge is not in a voice channel in that guild")
         if self.services.tts is None:
-            raise ControlError("speaking is disabled ([tts].backend = \"none\")")
+            raise ControlError('speaking is disabled ([tts].backend = "none")')
         speech_id = f"speak-{uuid.uuid4().hex[:12]}"
-        who = SpeakerInfo("api", "api", guild_id, channel.channel_id)
-        speech = _Speech(self.services, channel.playback, speech_id, who, trio.current_time(), {})
+        speech = SpeechStream(
+            self.services.tts,
+            channel.playback,
+            speech_id,
+            "api",
+            lookahead=self.services.settings.tts.lookahead_clauses,
+            ended_at=trio.current_time(),
+            timings={},
+        )
         speech.say(text)
         speech.finish_text()
         self._nursery.start_soon(speech.run_tts)
@@ -172,16 +184,29 @@ class Control:
         holder = self.services.agents
         return {
             "channels": [
-                {"guild": g, "channel": c.channel_id, "speakers": sorted(h.info.user_name for h in c.speakers.values()),
-                 "turns_in_flight": c.turns_in_flight, "playback": dict(c.playback.stats)}
+                {
+                    "guild": g,
+                    "channel": c.channel_id,
+                    "speakers": sorted(h.info.user_name for h in c.speakers.values()),
+                    "turns_in_flight": c.turns_in_flight,
+                    "playback": dict(c.playback.stats),
+                }
                 for g, c in self.channels.items()
             ],
-            "agents": [{"id": a.id, "name": a.name, "kind": a.kind, "circuit": holder.health.state(a.id),
-                        **holder.health.stats.get(a.id, {})} for a in holder.current.agents],
+            "agents": [
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "kind": a.kind,
+                    "circuit": holder.health.state(a.id),
+                    **holder.health.stats.get(a.id, {}),
+                }
+                for a in holder.current.agents
+            ],
             "config_version": holder.current.version,
             "reloads": holder.reloads,
             "reload_failures": holder.reload_failures,
-            "counters": {k: v for k, v in self.services.counters.items()},
+            "counters": dict(self.services.metrics.counts()),
         }
 
 

@@ -102,7 +102,7 @@ def addressed(text: str, phrases: tuple[str, ...] | list[str]) -> str | None:
         starts = [1] if needs_greeting else [0, 1] if greeted else [0]
         for start in starts:
             for k in range(1, min(len(spoken) - start, len(target_words) + 2) + 1):
-                heard = "".join(spoken[start:start + k])
+                heard = "".join(spoken[start : start + k])
                 d = _heard_distance(heard, target)
                 if d <= tol and (best is None or d < best[0]):
                     best = (d, start + k)
@@ -115,7 +115,7 @@ def _strip_words(text: str, raw: list[re.Match], k: int) -> str:
     """Remove the first k words (and the punctuation after them) from the original text."""
     if len(raw) <= k:
         return ""
-    return text[raw[k - 1].end():].lstrip(" ,.:;!?-—").strip()
+    return text[raw[k - 1].end() :].lstrip(" ,.:;!?-—").strip()
 
 
 class EchoGuard:

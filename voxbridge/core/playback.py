@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -38,9 +38,6 @@ class PlayerBuffer:
         self._lock = threading.Lock()
         self._token = token or trio.lowlevel.current_trio_token()
         self._space = trio.Event()
-        self.frames_read = 0
-        self.underruns = 0
-        self.last_read_monotonic = 0.0
 
     def read(self) -> bytes:
         """The next frame, or silence on underrun."""
@@ -51,11 +48,8 @@ class PlayerBuffer:
         """The next frame, or None on underrun (the caller decides: silence, or end playback)."""
         with self._lock:
             frame = self._frames.popleft() if self._frames else None
-        self.last_read_monotonic = time.monotonic()
         if frame is None:
-            self.underruns += 1
             return None
-        self.frames_read += 1
         try:
             self._token.run_sync_soon(self._wake)
         except trio.RunFinishedError:
@@ -64,14 +58,6 @@ class PlayerBuffer:
 
     def _wake(self) -> None:
         self._space.set()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._frames)
-
-    @property
-    def idle(self) -> bool:
-        return not self._frames
 
     async def write(self, frame: bytes) -> None:
         while True:
@@ -107,7 +93,8 @@ class SpokenAnswer:
     def __init__(self, turn_id: str, speaker_id: str, lookahead: int = 2):
         self.turn_id = turn_id
         self.speaker_id = speaker_id
-        self.send, self.receive = trio.open_memory_channel[bytes](lookahead)
+        # PCM, or (clause text, its PCM): the text is told to on_clause as it starts playing
+        self.send, self.receive = trio.open_memory_channel[bytes | tuple[str, bytes]](lookahead)
         self.started_at: float | None = None  # first frame handed to the sink (trio clock)
         self.frames = 0
         self.interrupted = False
@@ -123,7 +110,7 @@ class SpokenAnswer:
 
 
 class Playback:
-    def __init__(self, sink: FrameSink, max_queued: int = 16, on_clause=None):
+    def __init__(self, sink: FrameSink, max_queued: int = 16, on_clause: Callable[[str, float], None] | None = None):
         self.sink = sink
         # on_clause(text, seconds): told as each clause starts playing (the echo guard listens)
         self.on_clause = on_clause

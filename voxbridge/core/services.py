@@ -1,4 +1,4 @@
-"""What every channel shares: engines, store, HTTP client, the live agents config, counters.
+"""What every channel shares: engines, store, HTTP client, the live agents config, metrics.
 
 Built once by `open_services` (which owns their lifetimes) and passed down explicitly; there is
 no module-level singleton.
@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import httpx
@@ -24,6 +24,9 @@ from ..agents.config import AgentsConfig, load_agents
 from ..agents.health import AgentHealth
 from ..audio.vad import VadFactory
 from ..config import Settings
+from ..logs import log_event
+from ..ops.events import observe
+from ..ops.metrics import Metrics
 from ..store import Store, open_store
 from ..stt import SttEngine, create_stt
 from ..tts import TtsEngine, create_tts
@@ -31,18 +34,7 @@ from ..tts import TtsEngine, create_tts
 log = logging.getLogger("voxbridge")
 
 Observer = Callable[[str, dict[str, Any]], None]
-
-
-def log_observer(kind: str, fields: dict[str, Any]) -> None:
-    """Default observer: one key=value log line per event. `turn_played` is the per-turn
-    summary line, with every stage timing (ms from the end of the utterance; its `ended_at`, a
-    trio clock reading for benchmarks, is not logged)."""
-    parts = [f"{k}={v!r}" for k, v in fields.items() if k not in ("timings", "text", "ended_at")]
-    if "text" in fields:
-        parts.append(f"chars={len(str(fields['text']))}")  # what people said stays out of logs
-    if kind == "turn_played":
-        parts += [f"{k}={v}" for k, v in (fields.get("timings") or {}).items()]
-    log.info("event=%s %s", kind, " ".join(parts))
+log_observer = log_event  # the default observer: one log line per event (voxbridge.logs)
 
 
 class RateLimit:
@@ -96,7 +88,7 @@ class Services:
     vad: VadFactory
     vad_limiter: trio.CapacityLimiter
     observer: Observer = log_observer
-    counters: collections.Counter = attrs.field(factory=collections.Counter)
+    metrics: Metrics = attrs.field(factory=Metrics)
     ignored: set[str] = attrs.field(factory=set)  # users who opted out (/voxbridge ignore-me)
     rate_limit: RateLimit = attrs.field(factory=lambda: RateLimit(0))
 
@@ -108,17 +100,28 @@ class Services:
         return self.store.backend if isinstance(self.store.backend, RedisLayer) else None
 
     def emit(self, kind: str, **fields: Any) -> None:
-        self.counters[f"event.{kind}"] += 1
+        """THE event call: updates the metrics (`voxbridge/ops/events.py`) and hands the event to
+        the observer (by default one log line with its fields)."""
+        try:
+            observe(self.metrics, kind, fields)
+        except Exception:  # a metrics bug must not break a turn
+            log.exception("event=metrics_error kind=%s", kind)
         try:
             self.observer(kind, fields)
-        except Exception:  # an observer bug must not break a turn
+        except Exception:  # nor an observer bug
             log.exception("event=observer_error kind=%s", kind)
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, agents: AgentsConfig | None = None, observer: Observer | None = None,
-                        stt: SttEngine | None = None, tts: TtsEngine | None | bool = True,
-                        store_url: str | None = None) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings,
+    *,
+    agents: AgentsConfig | None = None,
+    observer: Observer | None = None,
+    stt: SttEngine | Literal[False] | None = None,
+    tts: TtsEngine | None | bool = True,
+    store_url: str | None = None,
+) -> AsyncIterator[Services]:
     """Load engines (in threads), open the store and HTTP client; close them all on exit.
 
     `stt`/`tts` can be passed in to share already-loaded engines (tests, benchmarks);
@@ -135,21 +138,33 @@ async def open_services(settings: Settings, *, agents: AgentsConfig | None = Non
     elif tts is False:
         tts = None
     store = await trio.to_thread.run_sync(
-        lambda: open_store(store_url or settings.store_url, settings.store.redis_url, session_ttl_s=settings.store.session_ttl_s,
-                           retry_s=settings.store.retry_s))
+        lambda: open_store(
+            store_url or settings.store_url,
+            settings.store.redis_url,
+            session_ttl_s=settings.store.session_ttl_s,
+            retry_s=settings.store.retry_s,
+        )
+    )
     http = make_http_client()
     services = Services(
-        settings=settings, stt=stt, tts=tts, store=store, http=http, agents=AgentsHolder(agents_cfg),
+        settings=settings,
+        stt=stt,
+        tts=tts,
+        store=store,
+        http=http,
+        agents=AgentsHolder(agents_cfg),
         vad=VadFactory(settings.vad.backend, settings.vad.energy_floor_dbfs),
-        vad_limiter=trio.CapacityLimiter(2), observer=observer or log_observer,
+        vad_limiter=trio.CapacityLimiter(2),
+        observer=observer or log_observer,
         rate_limit=RateLimit(settings.conversation.max_turns_per_minute),
     )
     services.ignored = await store.ignored_users()
+    services.metrics.watch(services=services)
     try:
         yield services
     finally:
         with trio.CancelScope(shield=True):
             await http.aclose()
             await store.aclose()
-            if own_stt:
+            if own_stt and stt is not None:
                 await stt.aclose()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 
@@ -26,10 +25,21 @@ from ..core.control import ControlError
 from ..errors import ConfigError, VoxBridgeError
 from .bridge import Bridge, run_guest
 from .commands import build_commands, on_command_error
-from .voice import DiscordPlayback, VoxApp
+from .voice import AnyBot, DiscordPlayback, VoxApp
 
-__all__ = ["Bridge", "DiscordPlayback", "DiscordVoice", "VoxApp", "build_commands", "check_opus", "make_bot",
-           "resolve_token", "run_daemon", "run_guest", "wire"]
+__all__ = [
+    "Bridge",
+    "DiscordPlayback",
+    "DiscordVoice",
+    "VoxApp",
+    "build_commands",
+    "check_opus",
+    "make_bot",
+    "resolve_token",
+    "run_daemon",
+    "run_guest",
+    "wire",
+]
 
 log = logging.getLogger("voxbridge.discord")
 
@@ -41,8 +51,11 @@ def resolve_token(settings: Settings, env: dict[str, str] | None = None) -> str:
     token = find_secret(settings.discord.token_file, "DISCORD_TOKEN", "discord-token", "[discord].token_file", env)
     if token:
         return token
-    raise ConfigError("[discord].token_file", "no Discord bot token: set $DISCORD_TOKEN, [discord].token_file, "
-                      "or systemd LoadCredential=discord-token:/path (see README: Discord setup)")
+    raise ConfigError(
+        "[discord].token_file",
+        "no Discord bot token: set $DISCORD_TOKEN, [discord].token_file, "
+        "or systemd LoadCredential=discord-token:/path (see README: Discord setup)",
+    )
 
 
 def check_opus() -> None:
@@ -52,12 +65,13 @@ def check_opus() -> None:
     with contextlib.suppress(Exception):
         if discord.opus._load_default():
             return
-    raise VoxBridgeError("libopus is not installed: Discord voice needs it. Debian/Ubuntu: apt-get install libopus0 "
-                         "(scripts/setup.sh does this when run as root); macOS: brew install opus")
+    raise VoxBridgeError(
+        "libopus is not installed: Discord voice needs it. Debian/Ubuntu: apt-get install libopus0 "
+        "(scripts/setup.sh does this when run as root); macOS: brew install opus"
+    )
 
 
-
-def make_bot(settings: Settings) -> discord.Bot:
+def make_bot(settings: Settings) -> AnyBot:
     intents = discord.Intents.none()
     intents.guilds = True
     intents.voice_states = True
@@ -65,7 +79,9 @@ def make_bot(settings: Settings) -> discord.Bot:
     d = settings.discord
     if d.shard_count:  # several instances split the guilds by shard
         ids = [int(i) for i in d.shard_ids] or None
-        return discord.AutoShardedBot(intents=intents, auto_sync_commands=d.sync_commands, shard_count=d.shard_count, shard_ids=ids)
+        return discord.AutoShardedBot(
+            intents=intents, auto_sync_commands=d.sync_commands, shard_count=d.shard_count, shard_ids=ids
+        )
     return discord.Bot(intents=intents, auto_sync_commands=d.sync_commands)
 
 
@@ -115,10 +131,10 @@ def run_daemon(settings: Settings) -> int:
     check_opus()
     outcome: dict[str, int] = {}
     rc = run_guest(_daemon_main, settings, token, outcome)
-    return outcome.get("exit_code", rc)
+    return outcome.get("exit_code", 0 if rc is None else rc)
 
 
-async def _connect_discord(bridge: Bridge, bot: discord.Bot, token: str) -> None:
+async def _connect_discord(bridge: Bridge, bot: AnyBot, token: str) -> None:
     """Log in (retrying with backoff while Discord cannot be reached), then stay connected
     (py-cord reconnects the gateway itself). A rejected token raises LoginFailure at once."""
     delay = 1.0
@@ -130,8 +146,12 @@ async def _connect_discord(bridge: Bridge, bot: discord.Bot, token: str) -> None
             raise
         except (OSError, aiohttp.ClientError, TimeoutError, discord.HTTPException, discord.GatewayNotFound) as exc:
             status = getattr(exc, "status", None)
-            log.warning("event=discord_unreachable error=%s%s retry_in_s=%.0f", type(exc).__name__,
-                        f" status={status}" if status else "", delay)
+            log.warning(
+                "event=discord_unreachable error=%s%s retry_in_s=%.0f",
+                type(exc).__name__,
+                f" status={status}" if status else "",
+                delay,
+            )
             with contextlib.suppress(Exception):
                 await bridge.aio(bot.http.close())
             await trio.sleep(delay)
@@ -152,6 +172,7 @@ async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, toke
     async def discord_voice(daemon: Daemon, nursery: trio.Nursery) -> DiscordVoice:
         bridge = Bridge(loop, trio.lowlevel.current_trio_token(), nursery)
         bot = make_bot(settings)
+        assert daemon.control is not None  # the daemon creates it before calling its voice factory
         app = VoxApp(settings, daemon.control, bridge, bot)
         wire(app)
 
@@ -159,12 +180,18 @@ async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, toke
             try:
                 await _connect_discord(bridge, bot, token)
             except discord.LoginFailure:
-                fail(2, "event=discord_login_failed reason=invalid_token hint=\"Discord rejected the bot token: "
-                        "reset it in the developer portal (Bot -> Reset Token) and update $DISCORD_TOKEN, "
-                        "[discord].token_file or the discord-token credential\"")
+                fail(
+                    2,
+                    'event=discord_login_failed reason=invalid_token hint="Discord rejected the bot token: '
+                    "reset it in the developer portal (Bot -> Reset Token) and update $DISCORD_TOKEN, "
+                    '[discord].token_file or the discord-token credential"',
+                )
             except discord.PrivilegedIntentsRequired:
-                fail(2, "event=discord_login_failed reason=intents hint=\"enable the Server Members Intent "
-                        "(developer portal -> Bot -> Privileged Gateway Intents)\"")
+                fail(
+                    2,
+                    'event=discord_login_failed reason=intents hint="enable the Server Members Intent '
+                    '(developer portal -> Bot -> Privileged Gateway Intents)"',
+                )
             except Exception as exc:  # a one-line reason, never a traceback of the whole task tree
                 fail(1, f"event=discord_failed error={type(exc).__name__}")
             finally:
@@ -180,5 +207,5 @@ async def _daemon_main(loop: asyncio.AbstractEventLoop, settings: Settings, toke
     # start: one arriving while models load is deferred (SIGHUP) or stops after start-up (SIGTERM).
     tok = trio.lowlevel.current_trio_token()
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, functools.partial(tok.run_sync_soon, daemon.on_signal, sig))
+        loop.add_signal_handler(sig, tok.run_sync_soon, daemon.on_signal, sig)
     return await daemon.run(voice_factory=discord_voice, signals=False)

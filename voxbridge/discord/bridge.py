@@ -10,10 +10,12 @@ ChannelSession state touched by commands), and over trio-asyncio, which the desi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import trio
+
+T = TypeVar("T")
 
 
 class Bridge:
@@ -22,7 +24,7 @@ class Bridge:
         self.token = token
         self.nursery = nursery  # trio tasks started from asyncio live here
 
-    async def aio(self, coro: Awaitable) -> Any:
+    async def aio(self, coro: Coroutine[Any, Any, T]) -> T:
         """From trio: run an asyncio coroutine to completion. Cancelling the trio side cancels
         the asyncio task (and waits for it to unwind); its exception is raised here."""
         task = self.loop.create_task(coro)
@@ -70,16 +72,17 @@ class Bridge:
             raise
 
 
-def run_guest(trio_main: Callable[..., Awaitable], *args: Any) -> Any:
+def run_guest(trio_main: Callable[..., Awaitable[T]], *args: Any) -> T | None:
     """asyncio.run a host loop with `trio_main(bridge_factory_args...)` as trio guest; returns its
-    result. Ctrl-C / cancellation of the host cancels the trio run and waits for it."""
+    result (None when the host cancelled it). Ctrl-C / cancellation of the host cancels the trio
+    run and waits for it."""
 
     async def host():
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         scope_box: dict[str, trio.CancelScope] = {}
 
-        async def guest():
+        async def guest() -> T | None:
             with trio.CancelScope() as scope:
                 scope_box["scope"] = scope
                 return await trio_main(loop, *args)
@@ -88,8 +91,12 @@ def run_guest(trio_main: Callable[..., Awaitable], *args: Any) -> Any:
             if not done.done():
                 done.set_result(outcome)
 
-        trio.lowlevel.start_guest_run(guest, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-                                      done_callback=finished, host_uses_signal_set_wakeup_fd=True)
+        trio.lowlevel.start_guest_run(
+            guest,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=finished,
+            host_uses_signal_set_wakeup_fd=True,
+        )
         try:
             outcome = await asyncio.shield(done)
         except asyncio.CancelledError:

@@ -72,14 +72,22 @@ def build_commands(app: VoxApp) -> list:
 
     agent = SlashCommandGroup("agent", "Choose which AI agent answers you", contexts=GUILD_ONLY)
     session = SlashCommandGroup("session", "Your conversation with the agents", contexts=GUILD_ONLY)
-    vox = SlashCommandGroup("voxbridge", "VoxBridge itself", contexts=GUILD_ONLY, default_member_permissions=MAY_CONNECT)
+    vox = SlashCommandGroup(
+        "voxbridge", "VoxBridge itself", contexts=GUILD_ONLY, default_member_permissions=MAY_CONNECT
+    )
 
     @agent.command(name="list", description="The agents you can talk to here")
     async def agent_list(ctx: discord.ApplicationContext):
         async def work():
             views = control.agents_for(str(ctx.guild_id), roles_of(ctx.author))
-            fields = [(f"{v.name} ({v.id})", f"{v.description or v.kind}"
-                       + ("" if v.circuit == "closed" else f" — {v.circuit.replace('_', '-')}")) for v in views]
+            fields = [
+                (
+                    f"{v.name} ({v.id})",
+                    f"{v.description or v.kind}"
+                    + ("" if v.circuit == "closed" else f" — {v.circuit.replace('_', '-')}"),
+                )
+                for v in views
+            ]
             return embed("Agents", "Pick one with /agent select.", fields)
 
         await reply(ctx, work())
@@ -90,8 +98,9 @@ def build_commands(app: VoxApp) -> list:
     @discord.option("name", str, description="Agent", autocomplete=autocomplete_agents)
     async def agent_select(ctx: discord.ApplicationContext, name: str):
         async def work():
-            view = await app.bridge.to_trio(control.select_agent, str(ctx.guild_id), str(ctx.author.id), name,
-                                            roles_of(ctx.author))
+            view = await app.bridge.to_trio(
+                control.select_agent, str(ctx.guild_id), str(ctx.author.id), name, roles_of(ctx.author)
+            )
             return embed(f"You are talking to {view.name}", view.description)
 
         await reply(ctx, work(), refused="Agent not changed")
@@ -114,8 +123,11 @@ def build_commands(app: VoxApp) -> list:
         await reply(ctx, work())
 
     def session_embed(title: str, s) -> discord.Embed:
-        return embed(title, "", [("agent", s.agent_name or "automatic"), ("turns", str(s.turn_count)),
-                                 ("conversation", s.conversation_id)])
+        return embed(
+            title,
+            "",
+            [("agent", s.agent_name or "automatic"), ("turns", str(s.turn_count)), ("conversation", s.conversation_id)],
+        )
 
     @session.command(name="info", description="Your current conversation")
     async def session_info(ctx: discord.ApplicationContext):
@@ -137,8 +149,12 @@ def build_commands(app: VoxApp) -> list:
         perms = channel.permissions_for(ctx.author) if channel is not None else None
         return member_may_join(app.settings.discord.join_roles, roles_of(ctx.author), bool(perms and perms.connect))
 
-    @discord.slash_command(name="join", description="Bring VoxBridge into your voice channel",
-                           contexts=GUILD_ONLY, default_member_permissions=MAY_CONNECT)
+    @discord.slash_command(
+        name="join",
+        description="Bring VoxBridge into your voice channel",
+        contexts=GUILD_ONLY,
+        default_member_permissions=MAY_CONNECT,
+    )
     async def join(ctx: discord.ApplicationContext):
         async def work():
             voice = getattr(ctx.author, "voice", None)
@@ -158,27 +174,41 @@ def build_commands(app: VoxApp) -> list:
 
         await reply(ctx, work(), refused="Could not join")
 
-    @discord.slash_command(name="leave", description="Send VoxBridge out of the voice channel",
-                           contexts=GUILD_ONLY, default_member_permissions=MAY_CONNECT)
+    @discord.slash_command(
+        name="leave",
+        description="Send VoxBridge out of the voice channel",
+        contexts=GUILD_ONLY,
+        default_member_permissions=MAY_CONNECT,
+    )
     async def leave(ctx: discord.ApplicationContext):
         async def work():
-            vc = ctx.guild.voice_client if ctx.guild else None
+            guild = ctx.guild
+            if guild is None:  # guild-only, but the guild may not be cached
+                raise ControlError("this command works only in a server")
+            vc = guild.voice_client
             if not may_move(ctx, vc.channel if vc else getattr(getattr(ctx.author, "voice", None), "channel", None)):
                 return embed("Not allowed", "You may not move the bot here.")
-            left = await app.leave_voice(ctx.guild)  # disconnecting can take seconds: reply() defers
+            left = await app.leave_voice(guild)  # disconnecting can take seconds: reply() defers
             return embed("Left the voice channel" if left else "I was not in a voice channel")
 
         await reply(ctx, work())
 
     @vox.command(name="mode", description="How VoxBridge listens in this voice channel")
     # Discord caps option descriptions at 100 characters.
-    @discord.option("mode", str, description="conversation: answer all; addressed: only when named; transcribe: text only",
-                    choices=["conversation", "addressed", "transcribe", "auto"])
+    @discord.option(
+        "mode",
+        str,
+        description="conversation: answer all; addressed: only when named; transcribe: text only",
+        choices=["conversation", "addressed", "transcribe", "auto"],
+    )
     async def mode(ctx: discord.ApplicationContext, mode: str):
         async def work():
             session = control.channel(str(ctx.guild_id))
-            where = (ctx.guild.get_channel(int(session.channel_id))
-                     if session and ctx.guild and session.channel_id.isdigit() else None)
+            where = (
+                ctx.guild.get_channel(int(session.channel_id))
+                if session and ctx.guild and session.channel_id.isdigit()
+                else None
+            )
             if session is not None and not may_move(ctx, where):  # same people who may move the bot
                 return embed("Not allowed", "You may not change how the bot listens here.")
             effective, why = control.set_mode(str(ctx.guild_id), None if mode == "auto" else mode)
@@ -192,7 +222,9 @@ def build_commands(app: VoxApp) -> list:
             now_ignored = str(ctx.author.id) not in control.services.ignored
             await app.bridge.to_trio(control.set_ignored, str(ctx.author.id), now_ignored)
             if now_ignored:
-                return embed("I will not listen to you", "Your voice is neither transcribed nor stored. Run it again to undo.")
+                return embed(
+                    "I will not listen to you", "Your voice is neither transcribed nor stored. Run it again to undo."
+                )
             return embed("Listening to you again", "Your voice is transcribed and answered.")
 
         await reply(ctx, work())
@@ -202,12 +234,19 @@ def build_commands(app: VoxApp) -> list:
         async def work():
             st = control.status()
             mine = [c for c in st["channels"] if c["guild"] == str(ctx.guild_id)]
-            voice = (f"{len(mine[0]['speakers'])} speaker(s), {mine[0]['turns_in_flight']} turn(s) in flight"
-                     if mine else "not in a voice channel")
-            fields = [("voice", voice),
-                      ("agents", ", ".join(f"{a['id']} ({a['circuit'].replace('_', '-')})" for a in st["agents"])),
-                      ("config", f"version {st['config_version']}, {st['reloads']} reload(s), "
-                                 f"{st['reload_failures']} rejected")]
+            voice = (
+                f"{len(mine[0]['speakers'])} speaker(s), {mine[0]['turns_in_flight']} turn(s) in flight"
+                if mine
+                else "not in a voice channel"
+            )
+            fields = [
+                ("voice", voice),
+                ("agents", ", ".join(f"{a['id']} ({a['circuit'].replace('_', '-')})" for a in st["agents"])),
+                (
+                    "config",
+                    f"version {st['config_version']}, {st['reloads']} reload(s), {st['reload_failures']} rejected",
+                ),
+            ]
             return embed("VoxBridge status", "", fields)
 
         await reply(ctx, work())
@@ -215,11 +254,16 @@ def build_commands(app: VoxApp) -> list:
     return [agent, session, vox, join, leave]
 
 
-async def on_command_error(ctx: discord.ApplicationContext, error: Exception) -> None:
-    """Errors outside `reply()` (checks, option conversion): an answer, not a silent failure."""
-    log.warning("event=command_error command=%s error=%s", getattr(ctx.command, "qualified_name", "?"),
-                type(getattr(error, "original", error)).__name__)
+async def on_command_error(context: discord.ApplicationContext, exception: discord.DiscordException) -> None:
+    """Errors outside `reply()` (checks, option conversion): an answer, not a silent failure.
+
+    The parameters are named as py-cord's `Bot.on_application_command_error`, which this replaces."""
+    log.warning(
+        "event=command_error command=%s error=%s",
+        getattr(context.command, "qualified_name", "?"),
+        type(getattr(exception, "original", exception)).__name__,
+    )
     try:
-        await ctx.respond(embed=embed("Something went wrong", "The bot's log has the details."), ephemeral=True)
+        await context.respond(embed=embed("Something went wrong", "The bot's log has the details."), ephemeral=True)
     except Exception:
         log.debug("event=command_error_reply_failed", exc_info=True)

@@ -77,7 +77,7 @@ def open_rtpsize(packet: RtpPacket, box: Any) -> bytes:
     plain = box.decrypt(raw[aad_end:-4], raw[:aad_end], nonce)
     if packet.extended:
         words = struct.unpack_from(">H", raw, packet.header_end + 2)[0]
-        plain = plain[4 * words:]
+        plain = plain[4 * words :]
     if packet.padded and plain:
         plain = plain[: len(plain) - plain[-1]]
     return plain
@@ -103,9 +103,16 @@ class VoiceReceiver:
     """Receive for one `discord.VoiceClient`. `deliver(user_id, pcm)` and
     `on_speaking(user_id, bool)` are called in trio (through `token.run_sync_soon`)."""
 
-    def __init__(self, vc: Any, deliver: Callable[[int, bytes], None], token: trio.lowlevel.TrioToken, *,
-                 on_speaking: Callable[[int, bool], None] | None = None,
-                 decoder_factory: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        vc: Any,
+        deliver: Callable[[int, bytes], None],
+        token: trio.lowlevel.TrioToken,
+        *,
+        on_speaking: Callable[[int, bool], None] | None = None,
+        decoder_factory: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.vc = vc
         self._deliver = deliver
         self._on_speaking = on_speaking
@@ -123,9 +130,22 @@ class VoiceReceiver:
         self._listening = False
         self._keepalive_at = 0.0
         self._keepalive_counter = 0
-        self.stats = {"packets": 0, "rtcp": 0, "frames": 0, "crypto_errors": 0, "dave_errors": 0,
-                      "opus_errors": 0, "late": 0, "concealed": 0, "unmapped_dropped": 0, "own": 0,
-                      "bad_packets": 0, "unsupported_mode": 0, "keepalives": 0, "key_changes": 0}
+        self.stats = {
+            "packets": 0,
+            "rtcp": 0,
+            "frames": 0,
+            "crypto_errors": 0,
+            "dave_errors": 0,
+            "opus_errors": 0,
+            "late": 0,
+            "concealed": 0,
+            "unmapped_dropped": 0,
+            "own": 0,
+            "bad_packets": 0,
+            "unsupported_mode": 0,
+            "keepalives": 0,
+            "key_changes": 0,
+        }
 
     # lifetime -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -282,23 +302,24 @@ class VoiceReceiver:
 
     def _decode(self, s: _Stream, user_id: int, opus: bytes) -> None:
         dave = getattr(self.vc._connection, "dave_session", None)
+        frame: bytes | None = opus  # None: conceal (packet loss concealment)
         if dave is not None and dave.ready and opus != OPUS_SILENCE:
             try:
                 import davey
 
-                opus = dave.decrypt(user_id, davey.MediaType.audio, opus)
+                frame = dave.decrypt(user_id, davey.MediaType.audio, opus)
             except Exception:
                 # the first ~100 ms after joining (no cryptor yet), or a frame of an old epoch:
                 # conceal; never hand cipher bytes to Opus
                 self.stats["dave_errors"] += 1
-                opus = None
+                frame = None
         elif opus.endswith(DAVE_MAGIC):
             # an E2EE frame while our session is not (yet, or again) ready: after op 31, before
             # the welcome. Concealed, never decoded as Opus.
             self.stats["dave_errors"] += 1
-            opus = None
+            frame = None
         try:
-            pcm = s.decoder.decode(opus, fec=False)
+            pcm = s.decoder.decode(frame, fec=False)
         except Exception:
             self.stats["opus_errors"] += 1
             s.decoder = self._decoder_factory()  # a corrupt frame may leave the state unusable
@@ -359,8 +380,3 @@ class VoiceReceiver:
             self.stats["keepalives"] += 1
         except OSError:
             pass
-
-    def forget(self, ssrc: int | None) -> None:
-        """A member left (op 13): drop their stream so a rejoin starts with a fresh decoder."""
-        with self._lock:
-            self._streams.pop(ssrc, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import discord
 import trio
@@ -24,7 +24,12 @@ from .bridge import Bridge
 from .compat import VoxAudioSource, install_pycord_fixes
 from .receive import VoiceReceiver
 
+if TYPE_CHECKING:
+    from ..store.ownership import Ownership
+
 log = logging.getLogger("voxbridge.discord")
+AnyBot = discord.Bot | discord.AutoShardedBot  # make_bot: sharded when [discord].shard_count is set
+VoiceRoom = discord.VoiceChannel | discord.StageChannel  # what the bot can join
 
 WRITE_STALL_S = 1.0  # a player that takes no frame for this long is gone (disconnect): drop audio
 
@@ -100,7 +105,7 @@ class GuildVoice:
 class VoxApp:
     """Glue between py-cord objects (asyncio) and the trio `Control`."""
 
-    def __init__(self, settings: Settings, control: Control, bridge: Bridge, bot: discord.Bot):
+    def __init__(self, settings: Settings, control: Control, bridge: Bridge, bot: AnyBot):
         install_pycord_fixes()
         self.settings = settings
         self.control = control
@@ -109,14 +114,15 @@ class VoxApp:
         self.guild_voice: dict[int, GuildVoice] = {}
         self._alone_tasks: dict[int, asyncio.Task] = {}
         self.wanted: dict[int, int] = {}  # guild -> channel we intend to be in (for reconnects)
-        self.ownership = None  # set by the daemon: with Redis, one instance owns a guild's voice
+        self.ownership: Ownership | None = None  # set by the daemon: with Redis, one instance owns a guild's voice
 
     def _update_humans(self, guild_id: int) -> None:
         guild = self.bot.get_guild(guild_id)
         vc = guild.voice_client if guild else None
+        room = vc.channel if vc is not None else None
         session = self.control.channel(str(guild_id))
-        if session is not None and vc is not None and vc.channel is not None:
-            session.humans = len([m for m in vc.channel.members if not m.bot])
+        if session is not None and isinstance(room, VoiceRoom):
+            session.humans = len([m for m in room.members if not m.bot])
 
     def _mirror_for(self, vc):
         """Post to the voice channel's own text chat, or to [conversation].mirror_channel."""
@@ -124,8 +130,10 @@ class VoxApp:
 
         async def post(text: str) -> None:
             channel = self.bot.get_channel(int(target_id)) if target_id.isdigit() else vc.channel
-            if channel is not None:
+            if isinstance(channel, discord.abc.Messageable):
                 await self.bridge.aio(channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none()))
+            elif channel is not None:  # e.g. a category: the channel logs event=mirror_failed
+                raise TypeError(f"channel {channel.id} takes no messages")
 
         return post
 
@@ -163,7 +171,7 @@ class VoxApp:
     def on_speaking(self, guild_id: int, user_id: int, speaking: bool) -> None:
         self.control.services.emit("discord_speaking", guild=str(guild_id), user=str(user_id), speaking=speaking)
 
-    async def join_voice(self, channel: discord.VoiceChannel) -> None:
+    async def join_voice(self, channel: VoiceRoom) -> None:
         guild = channel.guild
         if self.ownership is not None:  # /join, auto-join and follow all take the guild's lock
             ok, owner = await self.bridge.to_trio(self.ownership.claim, str(guild.id))
@@ -189,18 +197,29 @@ class VoxApp:
         box["session"] = session
         self._update_humans(guild_id)
         session.mirror = self._mirror_for(vc)
-        receiver = VoiceReceiver(vc, lambda uid, pcm: self.on_frame(guild_id, uid, pcm), token,
-                                 on_speaking=lambda uid, s: self.on_speaking(guild_id, uid, s))
-        scope = await self.bridge.to_trio(self._start_receiver, receiver)
+        receiver = VoiceReceiver(
+            vc,
+            lambda uid, pcm: self.on_frame(guild_id, uid, pcm),
+            token,
+            on_speaking=lambda uid, s: self.on_speaking(guild_id, uid, s),
+        )
+        scope = await self.bridge.to_trio(self._start_receiver, receiver, guild_id)
         keepalive = self.bot.loop.create_task(self._keepalive(vc))
         self.guild_voice[guild_id] = GuildVoice(vc, receiver, scope, keepalive)
 
-    async def _start_receiver(self, receiver: VoiceReceiver) -> trio.CancelScope:
+    async def _start_receiver(self, receiver: VoiceReceiver, guild_id: int) -> trio.CancelScope:
+        metrics = self.control.services.metrics
+        component = f"discord_receive:{guild_id}"  # its packet counts in voxbridge_component_stat
+
         async def run(task_status=trio.TASK_STATUS_IGNORED):
             with trio.CancelScope() as scope:
                 receiver.start()
+                metrics.add_stats(component, lambda: receiver.stats)
                 task_status.started(scope)
-                await receiver.run()
+                try:
+                    await receiver.run()
+                finally:
+                    metrics.remove_stats(component)
 
         return await self.bridge.nursery.start(run)
 
@@ -228,8 +247,12 @@ class VoxApp:
             await self._own_voice_state(guild, before, after)
             return
         session = self.control.channel(str(guild.id))
-        if session and before.channel and before.channel.id == int(session.channel_id) and (
-                after.channel is None or after.channel.id != before.channel.id):
+        if (
+            session
+            and before.channel
+            and before.channel.id == int(session.channel_id)
+            and (after.channel is None or after.channel.id != before.channel.id)
+        ):
             await self.bridge.to_trio(_call_sync, session.remove_speaker, str(member.id))
         if str(member.id) in self.settings.discord.follow_users and after.channel and guild.voice_client is None:
             await self.join_voice(after.channel)
@@ -256,7 +279,7 @@ class VoxApp:
 
     async def _rejoin_later(self, guild, channel_id: int, attempts: int = 5) -> None:
         for i in range(attempts):
-            await asyncio.sleep(min(30, 2 ** i))
+            await asyncio.sleep(min(30, 2**i))
             if guild.id not in self.wanted or (guild.voice_client and guild.voice_client.is_connected()):
                 return
             channel = guild.get_channel(channel_id)
@@ -269,7 +292,9 @@ class VoxApp:
                 log.info("event=voice_rejoined guild=%s attempt=%d", guild.id, i + 1)
                 return
             except Exception as exc:
-                log.warning("event=voice_rejoin_failed guild=%s attempt=%d error=%s", guild.id, i + 1, type(exc).__name__)
+                log.warning(
+                    "event=voice_rejoin_failed guild=%s attempt=%d error=%s", guild.id, i + 1, type(exc).__name__
+                )
 
     def _check_alone(self, guild) -> None:
         vc = guild.voice_client
@@ -293,6 +318,9 @@ class VoxApp:
             channel = self.bot.get_channel(int(cid)) if cid.isdigit() else None
             if channel is None:
                 log.warning("event=auto_join_skipped spec=%s reason=channel_not_found", spec)
+                continue
+            if not isinstance(channel, VoiceRoom):
+                log.warning("event=auto_join_skipped spec=%s reason=not_a_voice_channel", spec)
                 continue
             try:
                 await self.join_voice(channel)

@@ -30,8 +30,14 @@ class AttemptTimeout(Exception):
 
 
 class EndpointPool:
-    def __init__(self, endpoints: list[str] | tuple[str, ...], *, cooldown_s: float = 5.0, max_cooldown_s: float = 300.0,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        endpoints: list[str] | tuple[str, ...],
+        *,
+        cooldown_s: float = 5.0,
+        max_cooldown_s: float = 300.0,
+        clock=time.monotonic,
+    ):
         if not endpoints:
             raise ValueError("at least one endpoint is needed")
         self.endpoints = list(endpoints)
@@ -61,8 +67,6 @@ class EndpointPool:
         self.outstanding[endpoint] += 1
         try:
             yield endpoint
-        except BaseException:
-            raise
         finally:
             self.outstanding[endpoint] -= 1
 
@@ -74,8 +78,13 @@ class EndpointPool:
         self.failed_at.pop(endpoint, None)
         self.failures[endpoint] = 0
 
-    async def call(self, fn: Callable[[str], Awaitable[T]], retryable: tuple[type[BaseException], ...],
-                   timeout_s: float | None = None, what: str = "request") -> T:
+    async def call(
+        self,
+        fn: Callable[[str], Awaitable[T]],
+        retryable: tuple[type[BaseException], ...],
+        timeout_s: float | None = None,
+        what: str = "request",
+    ) -> T:
         """fn(endpoint) on the best endpoint; on a retryable error or its attempt deadline, the
         next one (each once). ConnectionError (saying what failed where) when all fail."""
         errors = []
@@ -89,21 +98,30 @@ class EndpointPool:
                 continue
             async with self.use(endpoint):
                 try:
-                    with trio.move_on_after(share) as attempt:
-                        result = await fn(endpoint)
-                    if attempt.cancelled_caught:
-                        raise AttemptTimeout(f"no answer within {share:.3g}s (connect and {what})")
+                    result = await _attempt(fn, endpoint, share, what)
                 except (*retryable, AttemptTimeout) as exc:
                     self.mark_failed(endpoint)
                     reason = describe_error(exc).replace(endpoint, _shown(endpoint))
                     errors.append(f"{_shown(endpoint)}: {reason}")
-                    log.warning("event=endpoint_failed endpoint=%s error=%s failures=%d retry_after_s=%.0f",
-                                _shown(endpoint), reason, self.failures[endpoint], self.cooldown(endpoint))
+                    log.warning(
+                        "event=endpoint_failed endpoint=%s error=%s failures=%d retry_after_s=%.0f",
+                        _shown(endpoint),
+                        reason,
+                        self.failures[endpoint],
+                        self.cooldown(endpoint),
+                    )
                     continue
             self.mark_ok(endpoint)
             return result
         budget = f" within {timeout_s:g}s" if timeout_s is not None else ""
         raise ConnectionError(f"every endpoint failed{budget}: " + "; ".join(errors))
+
+
+async def _attempt(fn: Callable[[str], Awaitable[T]], endpoint: str, share: float, what: str) -> T:
+    """fn(endpoint) within its share of the budget, else AttemptTimeout."""
+    with trio.move_on_after(share):
+        return await fn(endpoint)
+    raise AttemptTimeout(f"no answer within {share:.3g}s (connect and {what})")
 
 
 def describe_error(exc: BaseException) -> str:

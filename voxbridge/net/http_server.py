@@ -41,7 +41,9 @@ class ResponseWriter:
         if data:
             await self._stream.send_all(data)
 
-    async def start(self, status: int = 200, headers: dict[str, str] | None = None, *, length: int | None = None) -> None:
+    async def start(
+        self, status: int = 200, headers: dict[str, str] | None = None, *, length: int | None = None
+    ) -> None:
         hdrs = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         if length is not None:
             hdrs.append((b"content-length", str(length).encode()))
@@ -124,7 +126,9 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None
             await stream.aclose()
 
 
-async def serve_http(handler: Handler, host: str = "127.0.0.1", port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_http(
+    handler: Handler, host: str = "127.0.0.1", port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """Serve until cancelled; `task_status.started` reports the bound port."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]

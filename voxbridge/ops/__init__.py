@@ -1,1 +1,1 @@
-"""Operating the daemon: control API, metrics, systemd notification."""
+"""Operating the daemon: Prometheus metrics and systemd notification."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 import trio
 
@@ -17,7 +18,7 @@ log = logging.getLogger("voxbridge.systemd")
 
 
 class Notifier:
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         address = env.get("NOTIFY_SOCKET", "")
         if address.startswith("@"):
@@ -33,7 +34,7 @@ class Notifier:
         return self._sock is not None
 
     def notify(self, *fields: str) -> bool:
-        if self._sock is None:
+        if self._sock is None or self.address is None:
             return False
         try:
             self._sock.sendto("\n".join(fields).encode(), self.address)

@@ -17,7 +17,7 @@ import trio
 from ..net.http_server import Request, ResponseWriter, serve_http
 
 
-def demo_answer(agent_id: str, question: str, turn_number: int = 1) -> str:
+def demo_answer(agent_id: str, question: str) -> str:
     """Deterministic: the question comes back, plus a short second sentence."""
     q = re.sub(r"[^\w\s']", "", question).strip().lower() or "nothing"
     words = q.split()
@@ -52,11 +52,11 @@ class DemoAgents:
             return
         agent_id = m.group(1)
         self.calls.append({"agent": agent_id, "payload": payload})
-        answer = demo_answer(agent_id, question, payload.get("turnNumber", 1))
+        answer = demo_answer(agent_id, question)
         meta = {"nodeId": "demo", "nodeName": f"Demo {agent_id}", "itemIndex": 0, "runIndex": 0}
 
         def line(kind: str, content: str | None = None) -> bytes:
-            obj = {"type": kind}
+            obj: dict[str, object] = {"type": kind}
             if content is not None:
                 obj["content"] = content
             obj["metadata"] = {**meta, "timestamp": int(time.time() * 1000)}

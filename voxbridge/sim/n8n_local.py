@@ -8,9 +8,10 @@ telemetry, version checks and templates off (it needs no network).
 Activating without the UI (n8n 1.123): `n8n import:workflow` stores the workflows inactive and
 without a `workflow_history` row; a workflow is served only when `active` is set and its
 `activeVersionId` names a history row (a foreign key), so both are written to the database
-before `n8n start` for every workflow file that says `"active": true`. After `/healthz` turns 200, webhooks still answer 404 "not registered" for
-several seconds while workflows activate (before that, briefly, 200 "n8n is starting up. Please
-wait" and 404 "Cannot POST"): `start` waits until a webhook answers with the workflow's JSON.
+before `n8n start` for every workflow file that says `"active": true`. After `/healthz` turns 200,
+webhooks still answer 404 "not registered" for several seconds while workflows activate (before
+that, briefly, 200 "n8n is starting up. Please wait" and 404 "Cannot POST"): `start` waits until
+a webhook answers with the workflow's JSON.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ class LocalN8n:
         }
 
     def _run(self, *args: str, timeout: float = 180) -> None:
-        r = subprocess.run([str(self.binary), *args], env=self.env(), cwd=self.folder, capture_output=True,
-                           text=True, timeout=timeout)
+        r = subprocess.run(
+            [str(self.binary), *args], env=self.env(), cwd=self.folder, capture_output=True, text=True, timeout=timeout
+        )
         if r.returncode != 0:
             raise N8nUnavailable(f"n8n {args[0]} failed ({r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
 
@@ -149,10 +151,15 @@ class LocalN8n:
         self._run("import:workflow", "--separate", f"--input={import_dir}")
         with sqlite3.connect(self.db_path) as db:
             marks = ",".join("?" * len(active))
-            db.execute(f"""insert or ignore into workflow_history (versionId, workflowId, authors, nodes, connections, name)
+            db.execute(
+                f"""insert or ignore into workflow_history (versionId, workflowId, authors, nodes, connections, name)
                            select versionId, id, 'voxbridge', nodes, connections, name from workflow_entity
-                           where id in ({marks})""", active)
-            db.execute(f"update workflow_entity set active = 1, activeVersionId = versionId where id in ({marks})", active)
+                           where id in ({marks})""",
+                active,
+            )
+            db.execute(
+                f"update workflow_entity set active = 1, activeVersionId = versionId where id in ({marks})", active
+            )
 
     def start(self, ready_path: str, *, timeout_s: float = 180) -> None:
         """Launch `n8n start`; return once POST `ready_path` (a JSON-answering webhook) answers 200."""
@@ -166,8 +173,14 @@ class LocalN8n:
         self.healthz_s = self.start_s = None
         self.not_ready_answers = 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
-        self.proc = subprocess.Popen([str(self.binary), "start"], env=self.env(), cwd=self.folder, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(self.binary), "start"],
+            env=self.env(),
+            cwd=self.folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
     def wait_healthz(self, *, timeout_s: float = 180) -> None:
@@ -175,11 +188,14 @@ class LocalN8n:
 
     def wait_ready(self, ready_path: str | None, *, timeout_s: float = 180) -> None:
         """Until /healthz is 200 and then (unless `ready_path` is None) the webhook answers JSON."""
+        proc = self.proc
+        if proc is None:
+            raise N8nUnavailable("n8n was not launched")
         t0 = self._launched
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise N8nUnavailable(f"n8n exited with {self.proc.returncode}: {self.log_tail()}")
+            if proc.poll() is not None:
+                raise N8nUnavailable(f"n8n exited with {proc.returncode}: {self.log_tail()}")
             if self.healthz_s is None:
                 if self.get_status("/healthz")[0] == 200:
                     self.healthz_s = time.perf_counter() - t0
@@ -203,8 +219,11 @@ class LocalN8n:
         return _status(urllib.request.Request(self.base + path))
 
     def post_status(self, path: str, body: bytes = b'{"text": "ready?", "turnNumber": 0}') -> tuple[int | None, bytes]:
-        return _status(urllib.request.Request(self.webhook(path), data=body, method="POST",
-                                              headers={"content-type": "application/json"}))
+        return _status(
+            urllib.request.Request(
+                self.webhook(path), data=body, method="POST", headers={"content-type": "application/json"}
+            )
+        )
 
     def log_tail(self, n: int = 3000) -> str:
         try:
@@ -225,8 +244,11 @@ class LocalN8n:
     def executions(self, workflow_id: str) -> list[dict]:
         """Finished executions of a workflow, oldest first: id, status and the parsed run data."""
         with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as db:
-            rows = db.execute("""select e.id, e.status, d.data from execution_entity e join execution_data d
-                                 on d.executionId = e.id where e.workflowId = ? order by e.id""", (workflow_id,)).fetchall()
+            rows = db.execute(
+                """select e.id, e.status, d.data from execution_entity e join execution_data d
+                                 on d.executionId = e.id where e.workflowId = ? order by e.id""",
+                (workflow_id,),
+            ).fetchall()
         return [{"id": i, "status": s, "data": flatted_parse(d)} for i, s, d in rows]
 
     def received_body(self, execution: dict) -> dict:

@@ -58,7 +58,10 @@ def parse_line(spec: str, kind: str) -> SpeakerLine:
     """`name[@offset]:text` for --say, `name[@offset]:path.wav` for --wav."""
     m = _SPEC_RE.match(spec.strip())
     if not m:
-        raise VoxBridgeError(f"--{kind} {spec!r}: expected NAME[@OFFSET_S]:{'TEXT' if kind == 'say' else 'FILE.wav'}, e.g. alice@1.5:{'what time is it' if kind == 'say' else 'question.wav'}")
+        raise VoxBridgeError(
+            f"--{kind} {spec!r}: expected NAME[@OFFSET_S]:{'TEXT' if kind == 'say' else 'FILE.wav'}, "
+            f"e.g. alice@1.5:{'what time is it' if kind == 'say' else 'question.wav'}"
+        )
     offset = float(m.group("offset") or 0)
     value = m.group("value").strip().strip('"')
     if kind == "say":
@@ -93,23 +96,40 @@ class LivePrinter:
         who = str(fields.get("user", ""))[:10]
         line = None
         if kind == "turn_transcribed":
-            line = f'{who:<10} said  "{fields["text"]}"  (stt {fields["stt_ms"]} ms after the pause ended the utterance, conf {fields["confidence"]:.2f})'
+            line = (
+                f'{who:<10} said  "{fields["text"]}"  '
+                f"(stt {fields['stt_ms']} ms after the pause ended the utterance, conf {fields['confidence']:.2f})"
+            )
         elif kind == "turn_routed":
-            line = f'{who:<10} route → {fields["agent"]} ({fields["method"]})'
+            line = f"{who:<10} route → {fields['agent']} ({fields['method']})"
         elif kind == "turn_answered":
             line = f'{who:<10} answer "{fields["text"]}"'
         elif kind == "turn_failed":
-            line = f'{who:<10} FAILED {fields.get("reason")}: {fields.get("error")}'
+            line = f"{who:<10} FAILED {fields.get('reason')}: {fields.get('error')}"
         elif kind == "turn_played":
             tm = fields.get("timings", {})
-            parts = [f"{k.removesuffix('_ms')} {tm[k]}" for k in ("stt_ms", "routed_ms", "agent_first_byte_ms", "first_clause_ms", "tts_first_audio_ms", "first_frame_ms") if k in tm]
-            line = f'{who:<10} played{" (interrupted)" if fields.get("interrupted") else ""}  ms after the pause ended the utterance: ' + ", ".join(parts)
+            parts = [
+                f"{k.removesuffix('_ms')} {tm[k]}"
+                for k in (
+                    "stt_ms",
+                    "routed_ms",
+                    "agent_first_byte_ms",
+                    "first_clause_ms",
+                    "tts_first_audio_ms",
+                    "first_frame_ms",
+                )
+                if k in tm
+            ]
+            line = (
+                f"{who:<10} played{' (interrupted)' if fields.get('interrupted') else ''}  "
+                "ms after the pause ended the utterance: " + ", ".join(parts)
+            )
         elif kind == "turn_not_routed":
-            line = f'{who:<10} not routed ({fields["reason"]}, mode {fields["mode"]})'
+            line = f"{who:<10} not routed ({fields['reason']}, mode {fields['mode']})"
         elif kind == "mirror":
-            line = f'[text chat] {fields["text"]}'
+            line = f"[text chat] {fields['text']}"
         elif kind in ("stt_dropped", "barge_in", "turn_cancelled", "speaker_left"):
-            line = f'{who:<10} {kind} ' + " ".join(f"{k}={v}" for k, v in fields.items() if k != "user")
+            line = f"{who:<10} {kind} " + " ".join(f"{k}={v}" for k, v in fields.items() if k != "user")
         if line:
             print(f"[{t:7.2f}s] {line}", file=self.stream, flush=True)
 
@@ -145,10 +165,22 @@ async def prepare_audio(lines: list[SpeakerLine], tts) -> dict[str, bytes]:
     return out
 
 
-async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Path, fast: bool = False,
-                   demo_agents: bool = False, store_url: str | None = None, quiet: bool = False,
-                   progress: bool = True, stt=None, tts=None, line_tts=None, observer: Callable | None = None,
-                   mode: str | None = None) -> SimResult:
+async def simulate(
+    settings: Settings,
+    lines: list[SpeakerLine],
+    *,
+    out_dir: Path,
+    fast: bool = False,
+    demo_agents: bool = False,
+    store_url: str | None = None,
+    quiet: bool = False,
+    progress: bool = True,
+    stt=None,
+    tts=None,
+    line_tts=None,
+    observer: Callable | None = None,
+    mode: str | None = None,
+) -> SimResult:
     """Run one simulated channel. `stt`/`tts` share loaded engines (tts=False: answers not spoken);
     `line_tts` voices the --say lines (default: the answer voice, else the bundled Piper voice)."""
     await trio.to_thread.run_sync(lambda: out_dir.mkdir(parents=True, exist_ok=True))
@@ -168,9 +200,14 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             await root.start(demo.serve)
             transform = demo.answer_for  # every agent, also after a reload, answers from the demo server
             agents = transform(agents)
-        async with open_services(settings, agents=agents, observer=observe, stt=stt,
-                                 tts=tts if tts is not None else True,
-                                 store_url=store_url or f"sqlite:///{out_dir / 'voxbridge.db'}") as services:
+        async with open_services(
+            settings,
+            agents=agents,
+            observer=observe,
+            stt=stt,
+            tts=tts if tts is not None else True,
+            store_url=store_url or f"sqlite:///{out_dir / 'voxbridge.db'}",
+        ) as services:
             if line_tts is None and any(line.text for line in lines):
                 line_tts = services.tts or await _load_piper(settings)
             audio = await prepare_audio(lines, line_tts)
@@ -180,8 +217,9 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             else:
                 sink = PlayerBuffer(capacity_frames=max(1, settings.playback.buffer_ms // FRAME_MS))
                 root.start_soon(_player_clock, sink, output)
-            reloader = AgentsReloader(settings.agents.file, services.agents, transform=transform,
-                                      broadcaster=services.broadcaster)
+            reloader = AgentsReloader(
+                settings.agents.file, services.agents, transform=transform, broadcaster=services.broadcaster
+            )
             await root.start(reloader.run)  # edits to agents.toml (or SIGHUP) apply mid-run
             channel = await root.start(ChannelSession(services, "sim-guild", "sim-channel", sink).run)
             channel.humans = len(audio)  # a room with this many people
@@ -209,27 +247,35 @@ async def simulate(settings: Settings, lines: list[SpeakerLine], *, out_dir: Pat
             mine = {e["turn"] for e in printer.events if "turn" in e}
             turns = [t for t in await services.store.list_turns(limit=100_000) if t["id"] in mine]
             stats = {
-                "counters": dict(services.counters),
+                "counters": dict(services.metrics.counts()),
                 "playback": channel.playback.stats,
                 "stt": getattr(services.stt, "stats", {}),
                 "frames_fed": fed[0],
             }
         root.cancel_scope.cancel()
-    frames_out = sink.frames if fast else [bytes(output)]
+    frames_out = sink.frames if isinstance(sink, CollectSink) else [bytes(output)]
     pcm_out = b"".join(frames_out)
     out_wav = out_dir / "channel.wav"
     write_wav(out_wav, pcm_out, DISCORD_RATE, channels=2)
     played = [
         {"turn_id": a.turn_id, "speaker": a.speaker_id, "frames": a.frames, "interrupted": a.interrupted}
-        for a in channel.playback.played if a.frames
+        for a in channel.playback.played
+        if a.frames
     ]
     by_id = {t["id"]: t for t in turns}
     for p in played:
         p["text"] = (by_id.get(p["turn_id"]) or {}).get("response")
     log_json = out_dir / "log.json"
-    doc = {"mode": "fast" if fast else "realtime", "speakers": [attrs.asdict(line) for line in lines],
-           "output_wav": str(out_wav), "output_seconds": round(len(pcm_out) / (DISCORD_RATE * 4), 2),
-           "played_in_order": played, "turns": turns, "events": printer.events, "stats": stats}
+    doc = {
+        "mode": "fast" if fast else "realtime",
+        "speakers": [attrs.asdict(line) for line in lines],
+        "output_wav": str(out_wav),
+        "output_seconds": round(len(pcm_out) / (DISCORD_RATE * 4), 2),
+        "played_in_order": played,
+        "turns": turns,
+        "events": printer.events,
+        "stats": stats,
+    }
     log_json.write_text(json.dumps(doc, indent=2, default=str))
     return SimResult(out_wav, log_json, turns, printer.events, stats, played)
 
@@ -270,8 +316,11 @@ async def _progress(channel, fed: list[int], total: int, services) -> None:
     start = time.monotonic()
     while True:
         await trio.sleep(interval)
-        c = services.counters
-        msg = (f"[sim] audio fed {100 * fed[0] // max(1, total):3d}% | turns transcribed {c['event.turn_transcribed']}"
-               f" answered {c['event.turn_answered']} failed {c['event.turn_failed']} | in flight {channel.turns_in_flight}"
-               f" | {time.monotonic() - start:5.1f}s")
+        c = services.metrics.counts()
+        msg = (
+            f"[sim] audio fed {100 * fed[0] // max(1, total):3d}% | turns transcribed {c['event.turn_transcribed']}"
+            f" answered {c['event.turn_answered']} failed {c['event.turn_failed']}"
+            f" | in flight {channel.turns_in_flight}"
+            f" | {time.monotonic() - start:5.1f}s"
+        )
         print(("\r" + msg) if tty else msg, end="" if tty else "\n", file=sys.stderr, flush=True)

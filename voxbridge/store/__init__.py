@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import trio
+
+from ..retry import retrying
 
 log = logging.getLogger("voxbridge.store")
 
@@ -85,8 +87,9 @@ class Store:
     """Async facade: every method of the sync backend, run in a thread under a limiter.
 
     A call failing with a transient error (connection refused or killed, pool timeout, SQLite
-    busy) is retried with backoff for up to `retry_s`: a PostgreSQL restart delays turns, it
-    does not lose them. Other errors are raised at once."""
+    busy) is retried with jittered backoff (0.1 s doubling to 5 s, `voxbridge.retry`) for up to
+    `retry_s`: a PostgreSQL restart delays turns, it does not lose them. Other errors are raised
+    at once."""
 
     def __init__(self, backend: SyncStore, retry_s: float = 30.0):
         self.backend = backend
@@ -94,24 +97,32 @@ class Store:
         self.limiter = trio.CapacityLimiter(backend.max_concurrency)
         self.retries = 0
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         method = getattr(self.backend, name)
         if not callable(method):
             return method
 
         async def call(*args, **kwargs):
-            deadline = trio.current_time() + self.retry_s
-            delay = 0.1
-            while True:
-                try:
-                    return await trio.to_thread.run_sync(functools.partial(method, *args, **kwargs), limiter=self.limiter)
-                except Exception as exc:
-                    if not is_transient(exc) or trio.current_time() + delay > deadline:
+            started = trio.current_time()
+            async for attempt in retrying(
+                is_transient, attempts=None, timeout_s=self.retry_s, wait_initial_s=0.1, wait_max_s=5.0
+            ):
+                with attempt:
+                    try:
+                        return await trio.to_thread.run_sync(
+                            functools.partial(method, *args, **kwargs), limiter=self.limiter
+                        )
+                    except Exception as exc:
+                        if is_transient(exc) and trio.current_time() - started < self.retry_s:
+                            self.retries += 1
+                            log.warning(
+                                "event=store_retry call=%s error=%s attempt=%d backoff_s=%.1f",
+                                name,
+                                type(exc).__name__,
+                                attempt.num,
+                                attempt.next_wait,
+                            )
                         raise
-                    self.retries += 1
-                    log.warning("event=store_retry call=%s error=%s delay_s=%.1f", name, type(exc).__name__, delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
 
         call.__name__ = name
         return call
@@ -137,13 +148,19 @@ def open_store(url: str, redis_url: str = "", *, session_ttl_s: int = 300, retry
         except ConfigError:
             raise
         except Exception as exc:
-            raise ConfigError("[store].url", f"cannot connect to PostgreSQL ({type(exc).__name__}); check host, port, database and credentials") from None
+            raise ConfigError(
+                "[store].url",
+                f"cannot connect to PostgreSQL ({type(exc).__name__}); check host, port, database and credentials",
+            ) from None
     else:
-        raise ConfigError("[store].url", "unsupported store URL; use sqlite:///path/to/voxbridge.db or postgresql://user@host:5432/db")
+        raise ConfigError(
+            "[store].url", "unsupported store URL; use sqlite:///path/to/voxbridge.db or postgresql://user@host:5432/db"
+        )
     if redis_url:
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("[store].redis_url", "must start with redis://, rediss:// or unix://")
         from .redis_layer import RedisLayer
 
-        backend = RedisLayer(backend, redis_url, session_ttl_s=session_ttl_s)
+        # RedisLayer is a SyncStore: what it does not cache it hands to `backend` (__getattr__)
+        backend = cast(SyncStore, RedisLayer(backend, redis_url, session_ttl_s=session_ttl_s))
     return Store(backend, retry_s)

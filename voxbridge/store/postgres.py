@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from typing import LiteralString
 
 from ..errors import ConfigError
 from .sql import SqlStore
 
 # Each migration runs once, in order, recorded in voxbridge_schema (safe for several instances
 # starting at once: the whole migration runs under an advisory lock).
-MIGRATIONS = [
+MIGRATIONS: list[LiteralString] = [
     """
     create table if not exists sessions (
         guild_id text not null, user_id text not null, conversation_id text not null,
@@ -109,7 +110,9 @@ class PostgresStore(SqlStore):
         try:
             import psycopg  # noqa: F401
         except ImportError:
-            raise ConfigError("[store].url", "PostgreSQL needs the `postgres` extra: pip install 'voxbridge[postgres]'") from None
+            raise ConfigError(
+                "[store].url", "PostgreSQL needs the `postgres` extra: pip install 'voxbridge[postgres]'"
+            ) from None
         self.max_concurrency = pool_size
         self.pool = _Connections(url, pool_size)
         self._migrate()
@@ -117,9 +120,13 @@ class PostgresStore(SqlStore):
     def _migrate(self) -> None:
         with self.pool.connection() as conn, conn.cursor() as cur:
             cur.execute("select pg_advisory_xact_lock(7745627)")  # 'vbx' migrations lock
-            cur.execute("create table if not exists voxbridge_schema (version integer primary key, applied_at timestamptz default now())")
+            cur.execute(
+                "create table if not exists voxbridge_schema"
+                " (version integer primary key, applied_at timestamptz default now())"
+            )
             cur.execute("select coalesce(max(version), 0) from voxbridge_schema")
-            current = cur.fetchone()[0]
+            row = cur.fetchone()
+            current = row[0] if row else 0
             for version, sql in enumerate(MIGRATIONS, 1):
                 if version > current:
                     cur.execute(sql)

@@ -17,21 +17,20 @@ from typing import Any
 
 import attrs
 
-from ..errors import ConfigError
 from . import SessionRecord
 
 log = logging.getLogger("voxbridge.store.redis")
 
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
 class RedisLayer:
     def __init__(self, inner, url: str, *, session_ttl_s: int = 300, prefix: str = "vbx:"):
-        try:
-            import redis
-        except ImportError:
-            raise ConfigError("[store].redis_url", "Redis needs the `redis` package: pip install 'voxbridge[redis]'") from None
+        import redis  # a core dependency
+
         self._redis_mod = redis
         self.inner = inner
         self.max_concurrency = max(2, inner.max_concurrency)
@@ -97,7 +96,7 @@ class RedisLayer:
     def _voice_key(self, guild_id: str) -> str:
         return f"{self.prefix}voice:{guild_id}"
 
-    def acquire_voice(self, guild_id: str, owner: str, ttl_ms: int) -> bool:
+    def acquire_voice(self, guild_id: str, owner: str, ttl_ms: int) -> bool | None:
         """Become the owner of this guild's voice connection unless someone else is; None if Redis is down."""
         return self._safe(lambda: bool(self.client.set(self._voice_key(guild_id), owner, nx=True, px=ttl_ms)))
 
@@ -109,7 +108,9 @@ class RedisLayer:
 
     def voice_owner(self, guild_id: str) -> str | None:
         raw = self._safe(lambda: self.client.get(self._voice_key(guild_id)))
-        return raw.decode() if raw else None
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        return raw or None
 
     # --- config reload broadcast ----------------------------------------------------------
     @property
@@ -117,7 +118,9 @@ class RedisLayer:
         return f"{self.prefix}reload"
 
     def publish_reload(self, version: str, instance: str) -> int:
-        return self._safe(lambda: self.client.publish(self.reload_channel, json.dumps({"version": version, "instance": instance})), 0)
+        return self._safe(
+            lambda: self.client.publish(self.reload_channel, json.dumps({"version": version, "instance": instance})), 0
+        )
 
     def reload_messages(self):
         """A subscribed pubsub; call `get_message(timeout=...)` from a worker thread."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +18,28 @@ from . import SessionRecord, TurnStart
 
 JSON_FIELDS = ("timings", "agent_ids", "flags")
 TURN_COLUMNS = (
-    "id", "conversation_id", "session_id", "guild_id", "channel_id", "user_id", "user_name", "number",
-    "transcript", "response", "agent_id", "status", "error", "route_method", "rule_id", "language",
-    "confidence", "duration_ms", "timings", "flags", "created_at", "updated_at",
+    "id",
+    "conversation_id",
+    "session_id",
+    "guild_id",
+    "channel_id",
+    "user_id",
+    "user_name",
+    "number",
+    "transcript",
+    "response",
+    "agent_id",
+    "status",
+    "error",
+    "route_method",
+    "rule_id",
+    "language",
+    "confidence",
+    "duration_ms",
+    "timings",
+    "flags",
+    "created_at",
+    "updated_at",
 )
 DECISION_COLUMNS = ("turn_id", "method", "rule_id", "agent_ids", "latency_ms", "created_at")
 
@@ -53,7 +73,7 @@ class SqlStore:
 
     # --- backend hooks -------------------------------------------------------------------
     @contextmanager
-    def _transaction(self, write: bool = False):
+    def _transaction(self, write: bool = False) -> Iterator[Any]:
         """Yield a DB-API cursor inside one transaction (committed on success)."""
         raise NotImplementedError
         yield
@@ -77,25 +97,49 @@ class SqlStore:
         rows = self._all(cur, sql, params)
         return rows[0] if rows else None
 
+    def _row(self, cur, sql: str, params=()) -> dict[str, Any]:
+        """The one row a statement must give (a session row that was just written)."""
+        row = self._one(cur, sql, params)
+        if row is None:
+            raise LookupError(f"no row for: {sql.split(' where ')[0]}")
+        return row
+
     @staticmethod
     def _to_session(row: dict) -> SessionRecord:
-        return SessionRecord(row["guild_id"], row["user_id"], row["conversation_id"], row["session_id"],
-                             row["agent_id"], row["turn_count"] or 0)
+        return SessionRecord(
+            row["guild_id"],
+            row["user_id"],
+            row["conversation_id"],
+            row["session_id"],
+            row["agent_id"],
+            row["turn_count"] or 0,
+        )
 
     def _ensure_session(self, cur, guild_id: str, user_id: str) -> None:
-        self._exec(cur, "insert into sessions (guild_id, user_id, conversation_id, session_id, agent_id, turn_count,"
-                        " created_at, updated_at) values (?, ?, ?, ?, null, 0, ?, ?) on conflict (guild_id, user_id) do nothing",
-                   (guild_id, user_id, str(uuid.uuid4()), f"{guild_id}:{user_id}:{uuid.uuid4().hex[:8]}", now_iso(), now_iso()))
+        self._exec(
+            cur,
+            "insert into sessions (guild_id, user_id, conversation_id, session_id, agent_id, turn_count,"
+            " created_at, updated_at) values (?, ?, ?, ?, null, 0, ?, ?) on conflict (guild_id, user_id) do nothing",
+            (
+                guild_id,
+                user_id,
+                str(uuid.uuid4()),
+                f"{guild_id}:{user_id}:{uuid.uuid4().hex[:8]}",
+                now_iso(),
+                now_iso(),
+            ),
+        )
 
     def _session_row(self, cur, guild_id: str, user_id: str) -> dict:
-        return self._one(cur, "select * from sessions where guild_id = ? and user_id = ?", (guild_id, user_id))
+        return self._row(cur, "select * from sessions where guild_id = ? and user_id = ?", (guild_id, user_id))
 
     # --- the Store interface -------------------------------------------------------------
     def ping(self) -> bool:
         """Readiness: the database answers a trivial query."""
         with self._transaction() as cur:
             cur.execute("select 1")
-            return cur.fetchone()[0] == 1
+            row = cur.fetchone()
+            return row is not None and row[0] == 1
 
     def session(self, guild_id: str, user_id: str) -> SessionRecord:
         with self._transaction(write=True) as cur:
@@ -106,44 +150,72 @@ class SqlStore:
         """`/session new`: a fresh conversation id (history starts over); the pinned agent stays."""
         with self._transaction(write=True) as cur:
             self._ensure_session(cur, guild_id, user_id)
-            self._exec(cur, "update sessions set conversation_id = ?, session_id = ?, turn_count = 0, updated_at = ?"
-                            " where guild_id = ? and user_id = ?",
-                       (str(uuid.uuid4()), f"{guild_id}:{user_id}:{uuid.uuid4().hex[:8]}", now_iso(), guild_id, user_id))
+            self._exec(
+                cur,
+                "update sessions set conversation_id = ?, session_id = ?, turn_count = 0, updated_at = ?"
+                " where guild_id = ? and user_id = ?",
+                (str(uuid.uuid4()), f"{guild_id}:{user_id}:{uuid.uuid4().hex[:8]}", now_iso(), guild_id, user_id),
+            )
             return self._to_session(self._session_row(cur, guild_id, user_id))
 
     def pin_agent(self, guild_id: str, user_id: str, agent_id: str | None) -> None:
         with self._transaction(write=True) as cur:
             self._ensure_session(cur, guild_id, user_id)
-            self._exec(cur, "update sessions set agent_id = ?, updated_at = ? where guild_id = ? and user_id = ?",
-                       (agent_id, now_iso(), guild_id, user_id))
+            self._exec(
+                cur,
+                "update sessions set agent_id = ?, updated_at = ? where guild_id = ? and user_id = ?",
+                (agent_id, now_iso(), guild_id, user_id),
+            )
 
     def begin_turn(self, turn: dict[str, Any], history: int = 0) -> TurnStart:
         """Insert a transcribed turn, numbered within the speaker's conversation, atomically;
         with `history`, the conversation's last answered turns come back in the same transaction."""
         with self._transaction(write=True) as cur:
             if turn.get("id"):  # a retry after a commit whose reply was lost: do not insert twice
-                done = self._one(cur, "select t.id, t.number, t.conversation_id, t.session_id, s.agent_id from turns t"
-                                      " join sessions s on s.guild_id = t.guild_id and s.user_id = t.user_id where t.id = ?",
-                                 (turn["id"],))
+                done = self._one(
+                    cur,
+                    "select t.id, t.number, t.conversation_id, t.session_id, s.agent_id from turns t"
+                    " join sessions s on s.guild_id = t.guild_id and s.user_id = t.user_id where t.id = ?",
+                    (turn["id"],),
+                )
                 if done:
                     previous = self._recent(cur, done["conversation_id"], history) if history else []
-                    return TurnStart(done["id"], done["number"], done["conversation_id"], done["session_id"],
-                                     done["agent_id"], tuple(p for p in previous if p["id"] != done["id"]))
+                    return TurnStart(
+                        done["id"],
+                        done["number"],
+                        done["conversation_id"],
+                        done["session_id"],
+                        done["agent_id"],
+                        tuple(p for p in previous if p["id"] != done["id"]),
+                    )
             self._ensure_session(cur, turn["guild_id"], turn["user_id"])
-            row = self._one(cur, "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
-                                 " returning conversation_id, session_id, agent_id, turn_count",
-                            (now_iso(), turn["guild_id"], turn["user_id"]))
+            row = self._row(
+                cur,
+                "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
+                " returning conversation_id, session_id, agent_id, turn_count",
+                (now_iso(), turn["guild_id"], turn["user_id"]),
+            )
             record = {k: v for k, v in turn.items() if k in TURN_COLUMNS}
             record.setdefault("id", str(uuid.uuid4()))
-            record.update(conversation_id=row["conversation_id"], session_id=row["session_id"], number=row["turn_count"],
-                          status="transcribed", created_at=now_iso(), updated_at=now_iso())
+            record.update(
+                conversation_id=row["conversation_id"],
+                session_id=row["session_id"],
+                number=row["turn_count"],
+                status="transcribed",
+                created_at=now_iso(),
+                updated_at=now_iso(),
+            )
             record = encode(record)
             cols = list(record)
-            self._exec(cur, f"insert into turns ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
-                       tuple(record[c] for c in cols))
+            self._exec(
+                cur,
+                f"insert into turns ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                tuple(record[c] for c in cols),
+            )
             previous = self._recent(cur, row["conversation_id"], history) if history else []
-        return TurnStart(record["id"], row["turn_count"], row["conversation_id"], row["session_id"], row["agent_id"],
-                         tuple(previous))
+        return TurnStart(
+            record["id"], row["turn_count"], row["conversation_id"], row["session_id"], row["agent_id"], tuple(previous)
+        )
 
     def mark_routed(self, turn_id: str, decision: dict[str, Any], **fields: Any) -> None:
         """Record the routing decision and set the turn `routed`, in one transaction."""
@@ -153,13 +225,24 @@ class SqlStore:
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "turn_id")
         fields = encode({**fields, "status": "routed", "updated_at": now_iso()})
         with self._transaction(write=True) as cur:
-            self._exec(cur, f"insert into routing_decisions ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})"
-                            f" on conflict (turn_id) do update set {updates}", tuple(row[c] for c in cols))
-            self._exec(cur, f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?", (*fields.values(), turn_id))
+            self._exec(
+                cur,
+                f"insert into routing_decisions ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})"
+                f" on conflict (turn_id) do update set {updates}",
+                tuple(row[c] for c in cols),
+            )
+            self._exec(
+                cur,
+                f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
+                (*fields.values(), turn_id),
+            )
 
     def _recent(self, cur, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-        rows = self._all(cur, "select * from turns where conversation_id = ? and status = 'answered'"
-                              " order by number desc limit ?", (conversation_id, limit))
+        rows = self._all(
+            cur,
+            "select * from turns where conversation_id = ? and status = 'answered' order by number desc limit ?",
+            (conversation_id, limit),
+        )
         return [decode(r) for r in reversed(rows)]
 
     def update_turn(self, turn_id: str, **fields: Any) -> None:
@@ -169,7 +252,11 @@ class SqlStore:
         fields["updated_at"] = now_iso()
         fields = encode(fields)
         with self._transaction(write=True) as cur:
-            self._exec(cur, f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?", (*fields.values(), turn_id))
+            self._exec(
+                cur,
+                f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
+                (*fields.values(), turn_id),
+            )
 
     def get_turn(self, turn_id: str) -> dict[str, Any] | None:
         with self._transaction() as cur:
@@ -181,14 +268,18 @@ class SqlStore:
         with self._transaction() as cur:
             return self._recent(cur, conversation_id, limit)
 
-    def _select(self, table: str, columns: tuple[str, ...], order_by: str, limit: int, where: dict[str, Any]) -> list[dict[str, Any]]:
+    def _select(
+        self, table: str, columns: tuple[str, ...], order_by: str, limit: int, where: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """Rows of `table` filtered by equality on known columns only (names never come from input)."""
         bad = set(where) - set(columns)
         if bad:
             raise ValueError(f"unknown {table} fields: {sorted(bad)}")
         clause = (" where " + " and ".join(f"{k} = ?" for k in where)) if where else ""
         with self._transaction() as cur:
-            rows = self._all(cur, f"select * from {table}{clause} order by {order_by} limit ?", (*where.values(), limit))
+            rows = self._all(
+                cur, f"select * from {table}{clause} order by {order_by} limit ?", (*where.values(), limit)
+            )
         return [decode(r) for r in rows]
 
     def list_turns(self, limit: int = 100, **where: Any) -> list[dict[str, Any]]:
@@ -198,9 +289,12 @@ class SqlStore:
     def set_ignored(self, user_id: str, ignored: bool) -> None:
         """`/voxbridge ignore-me`: this user's audio is neither transcribed nor stored."""
         with self._transaction(write=True) as cur:
-            self._exec(cur, "insert into user_prefs (user_id, ignore_me, updated_at) values (?, ?, ?)"
-                            " on conflict (user_id) do update set ignore_me = excluded.ignore_me, updated_at = excluded.updated_at",
-                       (user_id, 1 if ignored else 0, now_iso()))
+            self._exec(
+                cur,
+                "insert into user_prefs (user_id, ignore_me, updated_at) values (?, ?, ?)"
+                " on conflict (user_id) do update set ignore_me = excluded.ignore_me, updated_at = excluded.updated_at",
+                (user_id, 1 if ignored else 0, now_iso()),
+            )
 
     def ignored_users(self) -> set[str]:
         with self._transaction() as cur:

@@ -33,17 +33,45 @@ class SqliteStore(SqlStore):
         t, names = self.db.table, set(self.db.table_names())
         if "sessions" not in names:
             t("sessions").create(
-                {"guild_id": str, "user_id": str, "conversation_id": str, "session_id": str, "agent_id": str,
-                 "turn_count": int, "created_at": str, "updated_at": str},
-                pk=("guild_id", "user_id"), not_null={"conversation_id", "session_id"},
+                {
+                    "guild_id": str,
+                    "user_id": str,
+                    "conversation_id": str,
+                    "session_id": str,
+                    "agent_id": str,
+                    "turn_count": int,
+                    "created_at": str,
+                    "updated_at": str,
+                },
+                pk=("guild_id", "user_id"),
+                not_null={"conversation_id", "session_id"},
             )
         if "turns" not in names:
             t("turns").create(
-                {"id": str, "conversation_id": str, "session_id": str, "guild_id": str, "channel_id": str,
-                 "user_id": str, "user_name": str, "number": int, "transcript": str, "response": str,
-                 "agent_id": str, "status": str, "error": str, "route_method": str, "rule_id": str,
-                 "language": str, "confidence": float, "duration_ms": int, "timings": str, "flags": str,
-                 "created_at": str, "updated_at": str},
+                {
+                    "id": str,
+                    "conversation_id": str,
+                    "session_id": str,
+                    "guild_id": str,
+                    "channel_id": str,
+                    "user_id": str,
+                    "user_name": str,
+                    "number": int,
+                    "transcript": str,
+                    "response": str,
+                    "agent_id": str,
+                    "status": str,
+                    "error": str,
+                    "route_method": str,
+                    "rule_id": str,
+                    "language": str,
+                    "confidence": float,
+                    "duration_ms": int,
+                    "timings": str,
+                    "flags": str,
+                    "created_at": str,
+                    "updated_at": str,
+                },
                 pk="id",
             )
             t("turns").create_index(["conversation_id", "number"])
@@ -52,7 +80,14 @@ class SqliteStore(SqlStore):
             t("user_prefs").create({"user_id": str, "ignore_me": int, "updated_at": str}, pk="user_id")
         if "routing_decisions" not in names:
             t("routing_decisions").create(
-                {"turn_id": str, "method": str, "rule_id": str, "agent_ids": str, "latency_ms": float, "created_at": str},
+                {
+                    "turn_id": str,
+                    "method": str,
+                    "rule_id": str,
+                    "agent_ids": str,
+                    "latency_ms": float,
+                    "created_at": str,
+                },
                 pk="turn_id",
             )
 

@@ -25,7 +25,9 @@ class Transcript:
 class SttEngine(Protocol):
     name: str
 
-    async def transcribe(self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None) -> Transcript: ...
+    async def transcribe(
+        self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript: ...
 
     async def aclose(self) -> None: ...
 

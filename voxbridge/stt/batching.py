@@ -34,14 +34,31 @@ def decode_batch(model, audios: list[np.ndarray], language: str | None) -> list[
     encoder_output = model.encode(feats)
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en")
     prompt = model.get_prompt(tokenizer, previous_tokens=[], without_timestamps=True)
-    results = model.model.generate(encoder_output, [list(prompt) for _ in audios], beam_size=1, max_length=448,
-                                   return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
+    results = model.model.generate(
+        encoder_output,
+        [list(prompt) for _ in audios],
+        beam_size=1,
+        max_length=448,
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+    )
     out = []
     for r in results:
         tokens = r.sequences_ids[0]
         avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1) if tokens else -10.0
         out.append((tokenizer.decode(tokens), r.no_speech_prob, avg_logprob))
     return out
+
+
+class _Pending:
+    """One waiting request: the batcher sets `result` or `error`, then `done`."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Transcript | None = None
+        self.error: SttError | None = None
 
 
 class BatchingStt:
@@ -71,16 +88,17 @@ class BatchingStt:
                         batch.append(await self._receive.receive())
                 nursery.start_soon(self._decode, batch)
 
-    async def _decode(self, batch) -> None:
+    async def _decode(self, batch: list[tuple[np.ndarray, str | None, _Pending]]) -> None:
         language = batch[0][1]
         t0 = time.perf_counter()
         try:
-            results = await trio.to_thread.run_sync(decode_batch, self.engine.model, [b[0] for b in batch], language,
-                                                    limiter=self.limiter)
+            results = await trio.to_thread.run_sync(
+                decode_batch, self.engine.model, [b[0] for b in batch], language, limiter=self.limiter
+            )
         except Exception as exc:
             for _, _, box in batch:
-                box["error"] = SttError(f"batched transcription failed: {type(exc).__name__}: {exc}")
-                box["done"].set()
+                box.error = SttError(f"batched transcription failed: {type(exc).__name__}: {exc}")
+                box.done.set()
             return
         elapsed = time.perf_counter() - t0
         self.stats["batches"] += 1
@@ -88,22 +106,29 @@ class BatchingStt:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         for (audio, lang, box), (text, nsp, logprob) in zip(batch, results, strict=True):
             reason = drop_reason([(text, nsp, logprob)], no_speech_threshold=self.engine.settings.no_speech_threshold)
-            box["result"] = Transcript(text="" if reason else text.strip(), language=lang or "en",
-                                       confidence=round(min(1.0, math.exp(logprob)), 3),
-                                       duration_s=round(len(audio) / STT_RATE, 3),
-                                       timings={"decode_s": round(elapsed, 4), "batch": len(batch)}, dropped=reason)
-            box["done"].set()
+            box.result = Transcript(
+                text="" if reason else text.strip(),
+                language=lang or "en",
+                confidence=round(min(1.0, math.exp(logprob)), 3),
+                duration_s=round(len(audio) / STT_RATE, 3),
+                timings={"decode_s": round(elapsed, 4), "batch": len(batch)},
+                dropped=reason,
+            )
+            box.done.set()
 
-    async def transcribe(self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None) -> Transcript:
+    async def transcribe(
+        self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript:
         lang = self.engine.settings.language if language is None else language
         if len(pcm16k_mono) > WINDOW_SAMPLES or prompt:
             return await self.engine.transcribe(pcm16k_mono, language=language, prompt=prompt)
-        box = {"done": trio.Event()}
+        box = _Pending()
         await self._send.send((pcm16k_mono, lang, box))
-        await box["done"].wait()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        await box.done.wait()
+        if box.error is not None:
+            raise box.error
+        assert box.result is not None  # done is set after one of the two
+        return box.result
 
     async def aclose(self) -> None:
         await self.engine.aclose()

@@ -8,9 +8,23 @@ import numpy as np
 
 # Known phantom phrases Whisper emits on near-silence, normalised (lowercase, no punctuation).
 PHANTOMS = {
-    "thank you", "thanks for watching", "thank you for watching", "you", "bye", "so", "uh", "um",
-    "thank you very much", "please subscribe", "subtitles by the amaraorg community", "the end",
-    "music", "applause", "silence", "blank_audio", "blank audio",
+    "thank you",
+    "thanks for watching",
+    "thank you for watching",
+    "you",
+    "bye",
+    "so",
+    "uh",
+    "um",
+    "thank you very much",
+    "please subscribe",
+    "subtitles by the amaraorg community",
+    "the end",
+    "music",
+    "applause",
+    "silence",
+    "blank_audio",
+    "blank audio",
 }
 
 _norm_re = re.compile(r"[^a-z0-9' ]+")
@@ -25,7 +39,7 @@ def _phantom_repeats(norm: str) -> int:
     words = norm.split()
     for phrase in PHANTOMS:
         p = phrase.split()
-        if words and len(words) % len(p) == 0 and all(words[i:i + len(p)] == p for i in range(0, len(words), len(p))):
+        if words and len(words) % len(p) == 0 and all(words[i : i + len(p)] == p for i in range(0, len(words), len(p))):
             return len(words) // len(p)
     return 0
 
@@ -77,9 +91,15 @@ def spectral_flatness(audio: np.ndarray, n_fft: int = 512) -> float:
     return float(np.exp(np.mean(np.log(power))) / np.mean(power))
 
 
-def remote_drop_reason(text: str, audio: np.ndarray, *, confidence: float | None = None,
-                       segments: list[tuple[str, float, float]] | None = None, no_speech_threshold: float = 0.6,
-                       rate: int = 16000) -> str:
+def remote_drop_reason(
+    text: str,
+    audio: np.ndarray,
+    *,
+    confidence: float | None = None,
+    segments: list[tuple[str, float, float]] | None = None,
+    no_speech_threshold: float = 0.6,
+    rate: int = 16000,
+) -> str:
     """The same judgement for a remote engine's answer, which usually has no per-segment
     no-speech probability: with segments (OpenAI verbose_json), exactly `drop_reason`; else
     the audio itself stands in for it (silence -> "no_speech"; a phantom phrase over quiet audio
@@ -92,8 +112,9 @@ def remote_drop_reason(text: str, audio: np.ndarray, *, confidence: float | None
     level = loudest_dbfs(audio, rate)
     if level < SILENT_DBFS:
         return "no_speech"
-    if norm in PHANTOMS and (level < QUIET_DBFS or (confidence is not None and confidence < 0.5)
-                             or spectral_flatness(audio) > NOISE_FLATNESS):
+    if norm in PHANTOMS and (
+        level < QUIET_DBFS or (confidence is not None and confidence < 0.5) or spectral_flatness(audio) > NOISE_FLATNESS
+    ):
         return "phantom_phrase"
     if ANNOTATION_RE.fullmatch(text):
         return "annotation"

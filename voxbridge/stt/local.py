@@ -110,8 +110,15 @@ class LocalWhisper:
         self.model = None
         # decodes: started in a worker; discarded: cancelled ones stopped at a step boundary;
         # decode_s: worker seconds spent decoding; wasted_s: of those, on results thrown away
-        self.stats = {"transcribed": 0, "dropped": 0, "errors": 0, "decodes": 0, "discarded": 0,
-                      "decode_s": 0.0, "wasted_s": 0.0}
+        self.stats = {
+            "transcribed": 0,
+            "dropped": 0,
+            "errors": 0,
+            "decodes": 0,
+            "discarded": 0,
+            "decode_s": 0.0,
+            "wasted_s": 0.0,
+        }
         self._stats_lock = threading.Lock()  # worker threads update the decode counters
 
     async def load(self) -> None:
@@ -119,25 +126,32 @@ class LocalWhisper:
         self.model = await trio.to_thread.run_sync(self._load_sync)
         log.info(
             "event=stt_loaded model=%s device=%s compute_type=%s workers=%d load_s=%.2f",
-            Path(self.model_ref).name or self.model_ref, self.device, self.compute_type,
-            self.settings.max_concurrent_transcriptions, time.perf_counter() - t0,
+            Path(self.model_ref).name or self.model_ref,
+            self.device,
+            self.compute_type,
+            self.settings.max_concurrent_transcriptions,
+            time.perf_counter() - t0,
         )
 
     def _load_sync(self):
         from faster_whisper import WhisperModel
 
         try:
-            return step_checked(WhisperModel(
-                self.model_ref,
-                device=self.device,
-                compute_type=self.compute_type,
-                cpu_threads=self.settings.cpu_threads,
-                num_workers=self.settings.max_concurrent_transcriptions,
-            ))
+            return step_checked(
+                WhisperModel(
+                    self.model_ref,
+                    device=self.device,
+                    compute_type=self.compute_type,
+                    cpu_threads=self.settings.cpu_threads,
+                    num_workers=self.settings.max_concurrent_transcriptions,
+                )
+            )
         except Exception as exc:
             raise SttError(f"cannot load STT model {self.model_ref!r} on {self.device}: {exc}") from exc
 
-    def transcribe_sync(self, audio: np.ndarray, language: str | None, prompt: str | None, cancelled: threading.Event | None = None) -> Transcript:
+    def transcribe_sync(
+        self, audio: np.ndarray, language: str | None, prompt: str | None, cancelled: threading.Event | None = None
+    ) -> Transcript:
         """Blocking decode (call from a worker thread). Once `cancelled` is set, the decode stops
         at the next step (before feature extraction, encode, each generate, between segments)
         and raises DecodeDiscarded."""
@@ -147,8 +161,11 @@ class LocalWhisper:
             self.stats["decodes"] += 1
         try:
             _check_cancelled()
-            step_checked(self.model)
-            segments_iter, info = self.model.transcribe(
+            model = self.model
+            if model is None:
+                raise SttError("the faster-whisper model is not loaded (load() was not awaited, or it was closed)")
+            step_checked(model)
+            segments_iter, info = model.transcribe(
                 audio.astype(np.float32, copy=False),
                 language=language or None,
                 beam_size=self.settings.beam_size,
@@ -185,7 +202,9 @@ class LocalWhisper:
             dropped=reason,
         )
 
-    async def transcribe(self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None) -> Transcript:
+    async def transcribe(
+        self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript:
         if self.model is None:
             raise SttError("STT model not loaded")
         lang = self.settings.language if language is None else language

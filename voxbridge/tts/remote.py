@@ -24,18 +24,29 @@ OPENAI_PCM_RATE = 24_000  # OpenAI's response_format=pcm: 24 kHz s16le mono
 
 
 class _Remote:
+    name: str  # the backend, set by each subclass
+
     def __init__(self, settings):
         self.settings = settings
         self.pool = EndpointPool(settings.endpoints)
-        self.voice = True  # readiness
 
     async def load(self) -> None:
         return None
 
+    async def aclose(self) -> None:
+        return None
+
+    async def _one(self, endpoint: str, text: str, voice: str) -> Speech:
+        raise NotImplementedError
+
     async def synthesize(self, text: str, *, voice: str | None = None) -> Speech:
         try:
-            return await self.pool.call(lambda ep: self._one(ep, text, voice or self.settings.remote_voice), RETRYABLE,
-                                        timeout_s=self.settings.timeout_s, what="audio")
+            return await self.pool.call(
+                lambda ep: self._one(ep, text, voice or self.settings.remote_voice),
+                RETRYABLE,
+                timeout_s=self.settings.timeout_s,
+                what="audio",
+            )
         except TtsError:
             raise
         except Exception as exc:  # ConnectionError from the pool, or anything a peer provoked
@@ -80,16 +91,21 @@ class OpenAiTts(_Remote):
         self.http = httpx.AsyncClient(trust_env=False)
         self.headers = bearer_headers(settings.api_key_env)
 
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
     async def _one(self, endpoint: str, text: str, voice: str) -> Speech:
         body = {"model": self.settings.remote_model, "input": text, "voice": voice or "alloy", "response_format": "wav"}
-        resp = await self.http.post(endpoint.rstrip("/") + "/v1/audio/speech", json=body, headers=self.headers,
-                                    timeout=self.settings.timeout_s)
+        resp = await self.http.post(
+            endpoint.rstrip("/") + "/v1/audio/speech", json=body, headers=self.headers, timeout=self.settings.timeout_s
+        )
         if resp.status_code >= 500:
             raise ConnectionError(f"HTTP {resp.status_code}")
         if resp.status_code >= 400:
             raise TtsError(f"openai TTS answered HTTP {resp.status_code}")
-        return await trio.to_thread.run_sync(decode_audio, resp.content, resp.headers.get("content-type", ""),
-                                             pcm_rate(resp.headers))
+        return await trio.to_thread.run_sync(
+            decode_audio, resp.content, resp.headers.get("content-type", ""), pcm_rate(resp.headers)
+        )
 
 
 def pcm_rate(headers) -> int | None:
@@ -97,7 +113,10 @@ def pcm_rate(headers) -> int | None:
     rate=`, `sample_rate=`, `samplerate=`) or an `X-Sample-Rate`/`Sample-Rate` header."""
     for param in headers.get("content-type", "").split(";")[1:]:
         key, _, value = param.partition("=")
-        if key.strip().lower() in ("rate", "sample_rate", "samplerate", "sample-rate") and value.strip().strip('"').isdigit():
+        if (
+            key.strip().lower() in ("rate", "sample_rate", "samplerate", "sample-rate")
+            and value.strip().strip('"').isdigit()
+        ):
             return int(value.strip().strip('"'))
     for name in ("x-sample-rate", "sample-rate", "x-audio-sample-rate"):
         value = headers.get(name, "").strip()
@@ -114,7 +133,7 @@ def decode_audio(data: bytes, content_type: str = "", rate: int | None = None) -
     if "mpeg" in content_type or data[:3] == b"ID3" or data[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
         import av
 
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             frames = [f.to_ndarray() for f in container.decode(audio=0)]
             rate = container.streams.audio[0].rate
         audio = np.concatenate([f.mean(axis=0) if f.ndim > 1 else f for f in frames]).astype(np.float32)

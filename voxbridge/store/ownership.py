@@ -14,7 +14,7 @@ import logging
 
 import trio
 
-from ..core.control import ControlError
+from ..errors import ControlError
 
 log = logging.getLogger("voxbridge.ownership")
 

@@ -1,4 +1,4 @@
-"""The control API, served on trio by hypercorn (`voxbridge/net/asgi_server.py`: read and
+"""The control API, served on trio by hypercorn (`voxbridge/api/server.py`: read and
 keep-alive timeouts, a connection cap), 127.0.0.1:4900 by default.
 
     GET  /health         liveness + readiness of STT, store, Discord (200 ready, 503 not)
@@ -32,6 +32,7 @@ import trio
 from ..config import find_secret
 from ..core.control import Control, ControlError
 from ..net.http_server import Request, ResponseWriter
+from ..ops.metrics import CONTENT_TYPE
 
 log = logging.getLogger("voxbridge.api")
 
@@ -50,21 +51,35 @@ def resolve_api_token(settings, env: dict[str, str] | None = None) -> str | None
 
 
 class ControlApi:
-    def __init__(self, control: Control, voice, metrics, reloader, *, token: str | None, readiness, max_body: int = 65536,
-                 ownership=None, body_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        control: Control,
+        voice,
+        reloader,
+        *,
+        token: str | None,
+        readiness,
+        max_body: int = 65536,
+        ownership=None,
+        body_timeout_s: float = 10.0,
+    ):
         self.body_timeout_s = body_timeout_s  # the whole body must arrive within this
         self.ownership = ownership  # scale-out: forward /voice/speak to the guild's owner
         self.control = control
         self.voice = voice  # LocalVoice or the Discord adapter's voice backend
-        self.metrics = metrics
         self.reloader = reloader
         self.token = token
         self.readiness = readiness  # () -> dict[str, bool | None]
         self.max_body = max_body
         self.routes = {
-            ("GET", "/health"): self.health, ("GET", "/status"): self.status, ("GET", "/metrics"): self.metrics_text,
-            ("GET", "/agents"): self.agents, ("POST", "/voice/join"): self.join, ("POST", "/voice/leave"): self.leave,
-            ("POST", "/voice/speak"): self.speak, ("POST", "/reload"): self.reload,
+            ("GET", "/health"): self.health,
+            ("GET", "/status"): self.status,
+            ("GET", "/metrics"): self.metrics_text,
+            ("GET", "/agents"): self.agents,
+            ("POST", "/voice/join"): self.join,
+            ("POST", "/voice/leave"): self.leave,
+            ("POST", "/voice/speak"): self.speak,
+            ("POST", "/reload"): self.reload,
         }
         self.mutating = {"/voice/join", "/voice/leave", "/voice/speak", "/reload"}
 
@@ -110,8 +125,11 @@ class ControlApi:
             if not SNOWFLAKE_RE.fullmatch(value):
                 raise ApiError(422, "invalid_field", f"{key!r} must be a Discord id (1-20 digits)")
         elif not SIM_ID_RE.fullmatch(value):
-            raise ApiError(422, "invalid_field", f"{key!r} must be 1-64 letters, digits, '_' or '-' "
-                                                 "(starting with a letter or digit)")
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"{key!r} must be 1-64 letters, digits, '_' or '-' (starting with a letter or digit)",
+            )
         return value
 
     async def handle(self, req: Request, resp: ResponseWriter) -> None:
@@ -140,26 +158,48 @@ class ControlApi:
                     if len(body) > self.max_body or not message.get("more_body"):
                         break
             if waited.cancelled_caught:
-                data = json.dumps({"error": "request_timeout", "detail": f"the body did not arrive within {self.body_timeout_s:g}s"}).encode()
-                await send({"type": "http.response.start", "status": 408,
-                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                                        (b"connection", b"close")]})
+                data = json.dumps(
+                    {"error": "request_timeout", "detail": f"the body did not arrive within {self.body_timeout_s:g}s"}
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 408,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": data})
                 return
         target = scope.get("raw_path") or scope["path"].encode()
-        path = target.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+        path = target.decode("latin-1") + (
+            "?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else ""
+        )
         req = Request(method=scope["method"], path=path, headers=headers, body=bytes(body[: self.max_body + 1]))
         status, out_headers, data = await self.respond(req)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode(), v.encode()) for k, v in out_headers.items()] + [(b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in out_headers.items()]
+                + [(b"content-length", str(len(data)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     async def serve(self, api_settings, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve on [api].host:port until cancelled; `task_status.started` reports the bound port."""
-        from ..net.asgi_server import AsgiServer
+        from .server import AsgiServer
 
-        self.server = AsgiServer(self.asgi, max_connections=api_settings.max_connections,
-                                 read_timeout_s=api_settings.read_timeout_s, keep_alive_s=api_settings.keep_alive_s)
+        self.server = AsgiServer(
+            self.asgi,
+            max_connections=api_settings.max_connections,
+            read_timeout_s=api_settings.read_timeout_s,
+            keep_alive_s=api_settings.keep_alive_s,
+        )
         await self.server.serve(api_settings.host, api_settings.port, task_status=task_status)
 
     async def respond(self, req: Request) -> tuple[int, dict[str, str], bytes]:
@@ -174,7 +214,11 @@ class ControlApi:
                 raise ApiError(404, "not_found", f"no endpoint {path}")
             if path in self.mutating and not self._authorized(req):
                 if not self.token:
-                    raise ApiError(403, "no_api_token_configured", "set [api].token_file or $VOXBRIDGE_API_TOKEN to enable this endpoint")
+                    raise ApiError(
+                        403,
+                        "no_api_token_configured",
+                        "set [api].token_file or $VOXBRIDGE_API_TOKEN to enable this endpoint",
+                    )
                 raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
             status, body, ctype = await handler(req)
         except ApiError as exc:
@@ -201,15 +245,32 @@ class ControlApi:
         return 200, {"status": "ok", **self.control.status()}, None
 
     async def metrics_text(self, req):
-        return 200, self.metrics.render(self.control), "text/plain; version=0.0.4"
+        return 200, self.control.services.metrics.render(), CONTENT_TYPE
 
     async def agents(self, req):
         cfg = self.control.services.agents.current
         health = self.control.services.agents.health
-        return 200, {"version": cfg.version, "default_agent": cfg.routing.default_agent, "strategy": cfg.routing.strategy,
-                     "agents": [{"id": a.id, "name": a.name, "description": a.description, "kind": a.kind,
-                                 "circuit": health.state(a.id), "guilds": list(a.guilds), "allowed_roles": list(a.allowed_roles)}
-                                for a in cfg.agents]}, None
+        return (
+            200,
+            {
+                "version": cfg.version,
+                "default_agent": cfg.routing.default_agent,
+                "strategy": cfg.routing.strategy,
+                "agents": [
+                    {
+                        "id": a.id,
+                        "name": a.name,
+                        "description": a.description,
+                        "kind": a.kind,
+                        "circuit": health.state(a.id),
+                        "guilds": list(a.guilds),
+                        "allowed_roles": list(a.allowed_roles),
+                    }
+                    for a in cfg.agents
+                ],
+            },
+            None,
+        )
 
     async def join(self, req):
         body = self._json_body(req)
@@ -242,8 +303,11 @@ class ControlApi:
                 import httpx
 
                 async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
-                    r = await http.post(url.rstrip("/") + "/voice/speak", json={"guild_id": guild, "text": text},
-                                        headers={"authorization": req.headers.get("authorization", "")})
+                    r = await http.post(
+                        url.rstrip("/") + "/voice/speak",
+                        json={"guild_id": guild, "text": text},
+                        headers={"authorization": req.headers.get("authorization", "")},
+                    )
                 try:
                     body = r.json()
                 except ValueError:
@@ -260,6 +324,14 @@ class ControlApi:
         before = holder.reload_failures
         changed = await self.reloader.reload_now("api")
         if holder.reload_failures > before:
-            return 422, {"reloaded": False, "error": "invalid_agents_file", "detail": holder.last_error,
-                         "serving_version": holder.current.version}, None
+            return (
+                422,
+                {
+                    "reloaded": False,
+                    "error": "invalid_agents_file",
+                    "detail": holder.last_error,
+                    "serving_version": holder.current.version,
+                },
+                None,
+            )
         return 200, {"reloaded": changed, "version": holder.current.version}, None

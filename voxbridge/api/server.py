@@ -43,13 +43,21 @@ class ServerStats:
 
 
 class AsgiServer:
-    def __init__(self, app, *, max_connections: int = 256, read_timeout_s: float = 10.0, keep_alive_s: float = 5.0,
-                 max_header_bytes: int = 16 * 1024):
+    def __init__(
+        self,
+        app,
+        *,
+        max_connections: int = 256,
+        read_timeout_s: float = 10.0,
+        keep_alive_s: float = 5.0,
+        max_header_bytes: int = 16 * 1024,
+    ):
         from hypercorn.config import Config
         from hypercorn.utils import wrap_app
 
         config = Config()
-        config.read_timeout = read_timeout_s
+        # hypercorn annotates int seconds; it only hands the value to trio.fail_after, so 0.5 works
+        config.read_timeout = read_timeout_s  # pyright: ignore[reportAttributeAccessIssue]
         config.keep_alive_timeout = keep_alive_s
         config.h11_max_incomplete_size = max_header_bytes
         config.accesslog = None
@@ -64,6 +72,7 @@ class AsgiServer:
 
     def _tracking(self, app):
         """Mark a connection busy while a request runs on it (so it is not the one evicted)."""
+
         async def tracked(scope, receive, send):
             conn = self._conns.get(tuple(scope.get("client") or ())[:2])
             if conn is not None:
@@ -73,6 +82,7 @@ class AsgiServer:
             finally:
                 if conn is not None:
                     conn.busy -= 1
+
         return tracked
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -122,8 +132,9 @@ class AsgiServer:
         self.stats.evicted += 1
         self.stats.open = len(self._conns)
         if self.stats.evicted in (1, 10, 100) or self.stats.evicted % 1000 == 0:
-            log.warning("event=api_connection_cap max_connections=%d evicted_total=%d",
-                        self.max_connections, self.stats.evicted)
+            log.warning(
+                "event=api_connection_cap max_connections=%d evicted_total=%d", self.max_connections, self.stats.evicted
+            )
         # Closing wakes the connection's pending receive (ClosedResourceError): its task ends.
         await conn.stream.aclose()
 
@@ -131,7 +142,8 @@ class AsgiServer:
         from hypercorn.trio.tcp_server import TCPServer
 
         try:
-            await TCPServer(self._app, self.config, context, {}, stream).run()
+            # annotated SSLStream, but hypercorn's own trio serve hands it plain TCP streams too
+            await TCPServer(self._app, self.config, context, {}, stream).run()  # pyright: ignore[reportArgumentType]
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:

@@ -30,7 +30,6 @@ from ..net.wyoming import WyomingConnection, WyomingError
 
 log = logging.getLogger("voxbridge.stt_serve")
 MAX_AUDIO_S = 120  # per request, at any rate
-MAX_AUDIO_BYTES = STT_RATE * 2 * MAX_AUDIO_S  # two minutes of 16 kHz s16le mono
 WS_MAX_MESSAGE = 4 << 20  # one-message clients: two minutes of 16 kHz mono fits
 
 
@@ -58,10 +57,16 @@ class SttServer:
     def status(self) -> dict:
         limiter = getattr(self.engine, "limiter", None)
         waiting = limiter.statistics().tasks_waiting if limiter is not None else 0
-        return {"type": "status", **self.load, "waiting": waiting,
-                "workers": limiter.total_tokens if limiter is not None else None,
-                "device": getattr(self.engine, "device", None),
-                "batching": dict(self.engine.stats) if hasattr(self.engine, "stats") and "batches" in self.engine.stats else None}
+        return {
+            "type": "status",
+            **self.load,
+            "waiting": waiting,
+            "workers": limiter.total_tokens if limiter is not None else None,
+            "device": getattr(self.engine, "device", None),
+            "batching": dict(self.engine.stats)
+            if hasattr(self.engine, "stats") and "batches" in self.engine.stats
+            else None,
+        }
 
     async def transcribe(self, pcm: bytes, rate: int, language: str | None, channels: int = 1) -> dict:
         if not 4000 <= rate <= 192_000 or channels not in (1, 2):
@@ -82,8 +87,14 @@ class SttServer:
         finally:
             self.load["in_flight"] -= 1
         self.load["served"] += 1
-        return {"type": "transcript", "text": tr.text, "language": tr.language, "confidence": tr.confidence,
-                "duration_s": tr.duration_s, "timings": tr.timings}
+        return {
+            "type": "transcript",
+            "text": tr.text,
+            "language": tr.language,
+            "confidence": tr.confidence,
+            "duration_s": tr.duration_s,
+            "timings": tr.timings,
+        }
 
     # --- WebSocket -------------------------------------------------------------------------------
     async def websocket(self, request) -> None:
@@ -108,10 +119,14 @@ class SttServer:
                     rate, channels = int(header.get("rate") or STT_RATE), int(header.get("channels") or 1)
                     expected = int(header["bytes"]) if header.get("bytes") is not None else None
                 except (TypeError, ValueError):
-                    await ws.send_message(json.dumps({"type": "error", "error": "rate, channels and bytes must be integers"}))
+                    await ws.send_message(
+                        json.dumps({"type": "error", "error": "rate, channels and bytes must be integers"})
+                    )
                     return
                 if expected is not None and not 0 < expected <= max_audio_bytes(rate, max(1, channels)):
-                    await ws.send_message(json.dumps({"type": "error", "error": f"audio longer than {MAX_AUDIO_S} seconds"}))
+                    await ws.send_message(
+                        json.dumps({"type": "error", "error": f"audio longer than {MAX_AUDIO_S} seconds"})
+                    )
                     return  # the client is sending the PCM anyway: close rather than read it
                 pcm = bytearray()
                 while True:  # one message, or several up to `bytes`
@@ -122,7 +137,9 @@ class SttServer:
                     if expected is None or len(pcm) >= expected:
                         break
                 if not isinstance(part, (bytes, bytearray)) or (expected is not None and len(pcm) != expected):
-                    await ws.send_message(json.dumps({"type": "error", "error": "expected binary PCM after the header"}))
+                    await ws.send_message(
+                        json.dumps({"type": "error", "error": "expected binary PCM after the header"})
+                    )
                     continue
                 try:
                     reply = await self.transcribe(bytes(pcm), rate, header.get("language"), channels)
@@ -143,11 +160,28 @@ class SttServer:
             while True:
                 event = await conn.receive()
                 if event.type == "describe":
-                    await conn.send("info", {"asr": [{"name": "voxbridge", "description": "VoxBridge stt-serve",
-                                                      "installed": True, "attribution": {"name": "VoxBridge", "url": ""},
-                                                      "models": [{"name": "whisper", "languages": self.languages(), "installed": True,
-                                                                  "description": "faster-whisper",
-                                                                  "attribution": {"name": "faster-whisper", "url": ""}}]}]})
+                    await conn.send(
+                        "info",
+                        {
+                            "asr": [
+                                {
+                                    "name": "voxbridge",
+                                    "description": "VoxBridge stt-serve",
+                                    "installed": True,
+                                    "attribution": {"name": "VoxBridge", "url": ""},
+                                    "models": [
+                                        {
+                                            "name": "whisper",
+                                            "languages": self.languages(),
+                                            "installed": True,
+                                            "description": "faster-whisper",
+                                            "attribution": {"name": "faster-whisper", "url": ""},
+                                        }
+                                    ],
+                                }
+                            ]
+                        },
+                    )
                 elif event.type == "transcribe":
                     language = event.data.get("language")
                 elif event.type == "audio-start":
@@ -168,8 +202,10 @@ class SttServer:
                 elif event.type == "audio-stop":
                     try:
                         reply = await self.transcribe(bytes(pcm), rate, language, channels)
-                        await conn.send("transcript", {"text": reply["text"], "language": reply["language"],
-                                                       "confidence": reply["confidence"]})
+                        await conn.send(
+                            "transcript",
+                            {"text": reply["text"], "language": reply["language"], "confidence": reply["confidence"]},
+                        )
                     except SttError as exc:
                         await conn.send("error", {"text": str(exc)})
                     pcm = bytearray()
@@ -180,14 +216,22 @@ class SttServer:
             await conn.aclose()
 
 
-async def serve(settings, *, host: str = "127.0.0.1", ws_port: int = 4901, wyoming_port: int | None = 10300,
-                engine=None, batch: bool | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    settings,
+    *,
+    host: str = "127.0.0.1",
+    ws_port: int = 4901,
+    wyoming_port: int | None = 10300,
+    engine=None,
+    batch: bool | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
     """`batch`: decode concurrent requests as one batch (default: on with CUDA, off on CPU, where
     it measured 0.83-0.95x the unbatched throughput: padding to 30 s costs more than it saves)."""
     from trio_websocket import serve_websocket
 
-    from ..stt.batching import BatchingStt
-    from ..stt.local import LocalWhisper
+    from .batching import BatchingStt
+    from .local import LocalWhisper
 
     if engine is None:
         engine = LocalWhisper(settings.stt)
@@ -199,11 +243,16 @@ async def serve(settings, *, host: str = "127.0.0.1", ws_port: int = 4901, wyomi
             engine = BatchingStt(engine)
             await nursery.start(engine.run)
         server = SttServer(engine, settings.stt.language)
-        ws = await nursery.start(functools.partial(serve_websocket, server.websocket, host, ws_port, ssl_context=None,
-                                                   max_message_size=WS_MAX_MESSAGE))
+        ws = await nursery.start(
+            functools.partial(
+                serve_websocket, server.websocket, host, ws_port, ssl_context=None, max_message_size=WS_MAX_MESSAGE
+            )
+        )
         ports = {"websocket": ws.port}
         if wyoming_port is not None:
             listeners = await nursery.start(functools.partial(trio.serve_tcp, server.wyoming, wyoming_port, host=host))
             ports["wyoming"] = listeners[0].socket.getsockname()[1]
-        log.info("event=stt_serve_listening host=%s websocket=%s wyoming=%s", host, ports["websocket"], ports.get("wyoming"))
+        log.info(
+            "event=stt_serve_listening host=%s websocket=%s wyoming=%s", host, ports["websocket"], ports.get("wyoming")
+        )
         task_status.started((server, ports))

@@ -69,10 +69,11 @@ class LocalVoice:
             return None
         scope, recording, _ = entry
         scope.cancel()
-        info = {"played_s": round(len(recording) / (DISCORD_RATE * 4), 2)}
+        info: dict[str, object] = {"played_s": round(len(recording) / (DISCORD_RATE * 4), 2)}
         if self.recordings is not None and recording:
             # The API validates ids; the file name is made safe here too, whoever called us.
-            name = f"{_safe(guild_id)}-{_safe(channel.channel_id) if channel else 'channel'}-{time.strftime('%Y%m%dT%H%M%S')}.wav"
+            where = _safe(channel.channel_id) if channel else "channel"
+            name = f"{_safe(guild_id)}-{where}-{time.strftime('%Y%m%dT%H%M%S')}.wav"
             path = self.recordings / name
             await trio.to_thread.run_sync(write_wav, path, bytes(recording), DISCORD_RATE, 2)
             info["recording"] = str(path)
