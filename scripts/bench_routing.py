@@ -6,8 +6,8 @@ answered turns of history, same transaction), admission (the channel's mode, rat
 guard), route, build the payload, POST; the routing decision is written while the request goes
 out. Measured with the SQLite store, and PostgreSQL too when the `postgres` extra is installed
 and the server answers, each against a bare `httpx` POST of the same payload to the same server
-in the same run (the floor). The server is a plain socket server in its own thread that
-timestamps the first byte of each request (perf_counter, same process clock). Also counted:
+in the same run (the floor). The server is a plain socket server in its own process (as an agent
+is) that timestamps the first byte of each request on the system-wide monotonic clock. Also counted:
 worker-thread hops taken before the request left. Prints a table, writes JSON; asserts nothing
 about time.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -52,31 +53,62 @@ RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 
 
 class FirstByteServer:
-    """Keep-alive HTTP/1.1 on a thread; records when each request's first byte arrives."""
+    """Keep-alive HTTP/1.1 in its own process (as a real agent is); records when each request's
+    first byte arrives, on the system-wide monotonic clock (`time.perf_counter` is CLOCK_MONOTONIC
+    on Linux, the same in both processes). A server thread in the measured process would wait for
+    the GIL while the client side runs Python after sending, and stamp the arrival late."""
+
+    CAPACITY = 200_000
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.arrivals: list[float] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        ctx = multiprocessing.get_context("spawn")
+        self._arrivals = ctx.Array("d", self.CAPACITY, lock=False)
+        self._count = ctx.Value("i", 0, lock=False)
+        port = ctx.Value("i", 0)
+        ready = ctx.Event()
+        self.proc = ctx.Process(target=_serve_forever, args=(port, self._arrivals, self._count, ready), daemon=True)
+        self.proc.start()
+        if not ready.wait(30):
+            raise RuntimeError("the first-byte server did not start")
+        self.port = port.value
 
-    def _accept(self):
-        while True:
-            conn, _ = self.sock.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    @property
+    def arrivals(self) -> list[float]:
+        return list(self._arrivals[: self._count.value])
 
-    def _serve(self, conn):
+    def count(self) -> int:
+        return self._count.value
+
+    def arrival(self, i: int) -> float:
+        return self._arrivals[i]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+
+
+def _serve_forever(port, arrivals, count, ready) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port.value = sock.getsockname()[1]
+    lock = threading.Lock()
+
+    def stamp() -> None:
+        t = time.perf_counter()
+        with lock:
+            arrivals[count.value] = t
+            count.value += 1
+
+    def serve(conn) -> None:
         buf = b""
         while True:
             data = conn.recv(65536)
             if not data:
                 return
             if not buf:
-                self.arrivals.append(time.perf_counter())
+                stamp()
             buf += data
             while b"\r\n\r\n" in buf:
                 head, _, rest = buf.partition(b"\r\n\r\n")
@@ -93,7 +125,13 @@ class FirstByteServer:
                 buf = rest[length:]
                 conn.sendall(RESPONSE)
                 if buf:
-                    self.arrivals.append(time.perf_counter())
+                    stamp()
+
+    ready.set()
+    while True:
+        conn, _ = sock.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
 def pct(v, q):
@@ -125,7 +163,7 @@ class HopCounter:
         return sum(1 for t, who in self.calls if t0 <= t < t1 and who is task)
 
 
-async def measure_voxbridge(settings, store_url, server, n, warm):
+async def measure_voxbridge(settings, store_url, server, n, warm, pace_s=0.0):
     cfg = parse_agents(
         f'[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:{server.port}/webhook/general"\n'
         f"retries = 0\n[routing]\nhistory_turns = 5\n",
@@ -143,26 +181,28 @@ async def measure_voxbridge(settings, store_url, server, n, warm):
                 tr = Transcript(
                     text=f"What is the status of order number {i}?", language="en", confidence=0.9, duration_s=2.0
                 )
-                before = len(server.arrivals)
+                await trio.sleep(pace_s)
+                before = server.count()
                 t0 = time.perf_counter()
                 out = await answer_transcript(
                     services, spk, tr, ended_at=trio.current_time(), timings={}, playback=None, room=room
                 )
                 assert out.status == "answered", out
                 if i >= warm:
-                    latencies.append((server.arrivals[before] - t0) * 1000)
-                    hops.append(counter.between(t0, server.arrivals[before], trio.lowlevel.current_task()))
+                    latencies.append((server.arrival(before) - t0) * 1000)
+                    hops.append(counter.between(t0, server.arrival(before), trio.lowlevel.current_task()))
         last = await services.store.get_turn(out.turn_id)
         history = len(await services.store.recent_turns(last["conversation_id"], 5))  # what each payload carried
     return latencies, history, hops
 
 
-async def measure_bare(server, n, warm, payload):
+async def measure_bare(server, n, warm, payload, pace_s=0.0):
     latencies = []
     body = json.dumps(payload).encode()
     async with make_http_client() as http:
         for i in range(warm + n):
-            before = len(server.arrivals)
+            await trio.sleep(pace_s)
+            before = server.count()
             t0 = time.perf_counter()
             r = await http.post(
                 f"http://127.0.0.1:{server.port}/webhook/general",
@@ -171,7 +211,7 @@ async def measure_bare(server, n, warm, payload):
             )
             assert r.status_code == 200
             if i >= warm:
-                latencies.append((server.arrivals[before] - t0) * 1000)
+                latencies.append((server.arrival(before) - t0) * 1000)
     return latencies
 
 
@@ -232,13 +272,16 @@ async def main_async(args):
             for rnd in range(args.rounds):  # interleave, so machine noise hits every variant alike
                 for name, url in backends:
                     lat, history, hops = await measure_voxbridge(
-                        settings, url, server, args.turns, args.warmup if rnd == 0 else 0
+                        settings, url, server, args.turns, args.warmup if rnd == 0 else 0, args.pace_ms / 1000
                     )
                     results.append(("voxbridge/" + name, lat, history))
                     hops_by.setdefault("voxbridge/" + name, []).extend(hops)
-                    bare = await measure_bare(server, args.turns, args.warmup if rnd == 0 else 0, example_payload())
+                    bare = await measure_bare(
+                        server, args.turns, args.warmup if rnd == 0 else 0, example_payload(), args.pace_ms / 1000
+                    )
                     results.append(("bare httpx (paired with " + name + ")", bare, 5))
         finally:
+            server.close()
             if pg_db:
                 import psycopg
 
@@ -299,6 +342,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--pace-ms", type=float, default=0.0, help="idle time before each request (both variants)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 round of 50 turns")
     p.add_argument("--out", default="bench-out/bench_routing.json")
     args = p.parse_args()

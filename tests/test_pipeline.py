@@ -104,8 +104,11 @@ async def test_turn_is_stored_before_routing_and_agent_failure_is_recorded(setti
         turns = await services.store.list_turns()
     # general (default): first try + 2 retries, then failover to tech: 3 more; all after the turn was stored
     assert [a for a, _ in seen_rows] == ["general"] * 3 + ["tech"] * 3
-    row = seen_rows[0][1]
-    assert row["status"] == "routed" and wer("Please check my order status.", row["transcript"]) <= 0.25
+    row = seen_rows[0][1]  # stored before the first request; its route record is written once that request has left
+    assert (
+        row["status"] in ("transcribed", "routed") and wer("Please check my order status.", row["transcript"]) <= 0.25
+    )
+    assert seen_rows[1][1]["status"] == "routed"  # by the first retry (>= 0.25 s later), the decision is written
     [turn] = turns
     assert turn["status"] == "failed" and turn["error"].startswith("http_500")
     assert "general: http_500" in turn["error"] and "tech: http_500" in turn["error"]

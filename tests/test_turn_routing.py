@@ -262,3 +262,37 @@ async def test_very_long_transcript_is_truncated_in_the_payload_with_a_marker(se
     sent = agents.calls[0][1]["text"]
     assert len(sent) <= 4000 + len(" […truncated]") and sent.endswith("[…truncated]")
     assert row["transcript"] == "word " * 5000  # the store keeps the whole transcript
+
+
+async def test_route_record_is_written_once_the_request_left_while_the_agent_thinks(settings, world):
+    """The decision is written after the request's last byte went out (httpcore's trace), not
+    alongside it (a store write competing with the send) and not only when the answer is in."""
+    agents, url = world
+    arrived, release = trio.Event(), trio.Event()
+    seen: list[str] = []
+
+    async def thinking(req, resp, body):
+        seen.append((await services.store.get_turn(body["turnId"]))["status"])  # stored before the call
+        arrived.set()
+        await release.wait()
+        await ok(req, resp, body)
+
+    agents.behaviour["general"] = thinking
+    async with open_services(settings, agents=config(url), stt=False, tts=False) as services:
+        async with trio.open_nursery() as nursery:
+            outcome = []
+            nursery.start_soon(lambda: _ask_into(services, outcome))
+            with trio.fail_after(10):
+                await arrived.wait()
+                turn_id = (await services.store.list_turns())[-1]["id"]
+                while (await services.store.get_turn(turn_id))["status"] != "routed":
+                    await trio.sleep(0.01)  # the agent has not answered: only the sent request can trigger it
+            [decision] = await services.store.decisions(turn_id=turn_id)
+            release.set()
+        assert seen[0] in ("transcribed", "routed") and decision["agent_ids"] == ["general"]
+        assert outcome[0].status == "answered"
+        assert (await services.store.get_turn(turn_id))["status"] == "answered"
+
+
+async def _ask_into(services, out: list) -> None:
+    out.append(await ask(services, "take your time"))

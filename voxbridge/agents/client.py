@@ -27,7 +27,7 @@ import httpx
 import trio
 
 from ..errors import AgentError
-from ..retry import retrying
+from ..retry import call_retrying
 from .config import AgentSpec, redact_url
 from .decode import ACCEPT_ENCODING, BodyDecoder
 from .reply import ReplyError, ReplyParser
@@ -106,33 +106,46 @@ class _Progress:
 
 
 async def call_agent(
-    agent: AgentSpec, payload: dict, http: httpx.AsyncClient, on_text: OnText, *, backoff_s: float = 0.25
+    agent: AgentSpec,
+    payload: dict,
+    http: httpx.AsyncClient,
+    on_text: OnText,
+    *,
+    backoff_s: float = 0.25,
+    on_sent: Callable[[], None] | None = None,
 ) -> AgentAnswer:
+    """POST the turn to `agent` and stream its answer to `on_text`. `on_sent()` is called once the
+    request's last byte is handed to the socket (each attempt), so the caller can defer its own
+    work (the turn's route record) until the request has left."""
     started = time.perf_counter()
     attempt = 0
     progress = _Progress(started)
+
+    async def one(n: int) -> AgentAnswer:
+        nonlocal attempt, progress
+        attempt, progress = n, _Progress(time.perf_counter())
+        return await _attempt(agent, payload, http, on_text, started, n, progress, on_sent)
+
+    def on_retry(exc: Exception, n: int, wait_s: float) -> None:
+        log.warning(
+            "event=agent_retry agent=%s attempt=%d reason=%s backoff_s=%.2f url=%s",
+            agent.id,
+            n,
+            _reason(exc),
+            wait_s,
+            redact_url(agent.url),
+        )
+
     try:
         with trio.fail_after(agent.total_timeout_s):
-            async for retry in retrying(
-                _retryable, attempts=agent.retries + 1, timeout_s=None, wait_initial_s=backoff_s
-            ):
-                with retry:
-                    attempt = retry.num
-                    progress = _Progress(time.perf_counter())
-                    try:
-                        return await _attempt(agent, payload, http, on_text, started, attempt, progress)
-                    except (httpx.TransportError, _Status) as exc:
-                        if attempt <= agent.retries and _retryable(exc):
-                            log.warning(
-                                "event=agent_retry agent=%s attempt=%d reason=%s backoff_s=%.2f url=%s",
-                                agent.id,
-                                attempt,
-                                _reason(exc),
-                                retry.next_wait,
-                                redact_url(agent.url),
-                            )
-                        raise
-            raise AssertionError("unreachable: the last attempt returns or raises")
+            return await call_retrying(
+                one,
+                on=_retryable,
+                attempts=agent.retries + 1,
+                timeout_s=None,
+                wait_initial_s=backoff_s,
+                on_retry=on_retry,
+            )
     except trio.TooSlowError:
         raise _total_timeout(agent, progress) from None
     except _Status as exc:
@@ -249,6 +262,7 @@ async def _attempt(
     started: float,
     attempt: int,
     progress: _Progress,
+    on_sent: Callable[[], None] | None = None,
 ) -> AgentAnswer:
     timeout = httpx.Timeout(
         connect=agent.connect_timeout_s, read=agent.timeout_s, write=agent.timeout_s, pool=agent.connect_timeout_s
@@ -257,7 +271,10 @@ async def _attempt(
     pieces: list[str] = []
     first_data: float | None = None
     try:
-        async with http.stream("POST", agent.url, content=body, headers=headers, timeout=timeout) as resp:
+        extensions = {"trace": _sent_trace(on_sent)} if on_sent is not None else None
+        async with http.stream(
+            "POST", agent.url, content=body, headers=headers, timeout=timeout, extensions=extensions
+        ) as resp:
             if resp.status_code >= 400:
                 head = b""
                 if resp.status_code == 404 and agent.kind == "n8n":
@@ -307,6 +324,19 @@ async def _attempt(
     if not answer and not parser.handoff:
         raise ReplyError("empty_response", "the agent's answer had no text")
     return AgentAnswer(agent.id, answer, parser.handoff, attempt, progress.first_byte)
+
+
+SENT_EVENTS = frozenset({"http11.send_request_body.complete", "http2.send_request_body.complete"})
+
+
+def _sent_trace(on_sent: Callable[[], None]) -> Callable[[str, dict], Awaitable[None]]:
+    """An httpcore `trace` extension that reports when the request body has been written."""
+
+    async def trace(event: str, info: dict) -> None:
+        if event in SENT_EVENTS:
+            on_sent()
+
+    return trace
 
 
 async def _read_some(resp: httpx.Response, limit: int) -> bytes:

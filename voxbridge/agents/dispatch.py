@@ -36,6 +36,7 @@ class AgentCaller:
 
     health: AgentHealth
     http: httpx.AsyncClient
+    on_sent: Callable[[], None] | None = None  # a request has left (call_agent's on_sent)
 
     def available(self, agent_id: str) -> bool:
         return self.health.available(agent_id)
@@ -44,7 +45,7 @@ class AgentCaller:
         self.health.on_start(agent)
         async with self.health.limiter(agent):
             try:
-                answer = await call_agent(agent, payload, self.http, on_text)
+                answer = await call_agent(agent, payload, self.http, on_text, on_sent=self.on_sent)
             except AgentError:
                 self.health.record(agent, ok=False)
                 raise

@@ -52,7 +52,7 @@ class TurnInfo:
 class TurnRecord:
     """One turn's status and its writes; `timings` (ms from `ended_at`) go with every write.
 
-    `routed` writes the route decision while the agent request goes out (the request leaves one
+    `routed` writes the route decision once the agent request has left (the request leaves one
     thread hop after the insert); `answered` and `failed` wait until it is written, so "routed"
     never lands over a final status."""
 
@@ -137,8 +137,9 @@ class TurnRecord:
         self.status = "not_routed"
         self.services.emit("turn_not_routed", turn=turn_id, user=self.speaker.user_name, mode=mode, reason=reason)
 
-    def routed(self, decision: RouteDecision, nursery: trio.Nursery) -> None:
-        """Status "routed"; the decision is written in `nursery` while the request goes out."""
+    def routed(self, decision: RouteDecision, nursery: trio.Nursery, after: trio.Event | None = None) -> None:
+        """Status "routed"; the decision is written in `nursery` once `after` is set (the request
+        has left), so the write never delays the request."""
         turn_id = self._open_id()
         self.status = "routed"
         self.services.emit(
@@ -150,9 +151,11 @@ class TurnRecord:
             rule=decision.rule_id,
             skipped=list(decision.skipped),
         )
-        nursery.start_soon(self._write_route, turn_id, decision)
+        nursery.start_soon(self._write_route, turn_id, decision, after)
 
-    async def _write_route(self, turn_id: str, decision: RouteDecision) -> None:
+    async def _write_route(self, turn_id: str, decision: RouteDecision, after: trio.Event | None) -> None:
+        if after is not None:
+            await after.wait()
         row = {
             "turn_id": turn_id,
             "method": decision.method,

@@ -169,7 +169,10 @@ class _AdmittedTurn:
         self.services, self.record, self.turn, self.text = services, record, turn, text
         self.playback, self.room, self.on_text = playback, room, on_text
         self.agents = services.agents.current
-        self.caller = AgentCaller(services.agents.health, services.http)
+        # The route record is written once the request has left (or the dispatch ended): a store
+        # write in a worker thread while httpx sends would delay the request (scripts/bench_routing.py).
+        self.sent = trio.Event()
+        self.caller = AgentCaller(services.agents.health, services.http, on_sent=self.sent.set)
         self.history = list(record.start.history) if record.start is not None else []
         self.speech = SpeechStream(
             services.tts,
@@ -202,13 +205,14 @@ class _AdmittedTurn:
         outcome = TurnOutcome(self.turn.turn_id, "failed", decision, speech=speech)
         record.timings["agent_request_ms"] = record.ms()
         async with trio.open_nursery() as nursery:  # bounds this turn's route record, TTS task (and thinking cue)
-            record.routed(decision, nursery)
+            record.routed(decision, nursery, after=self.sent)
             nursery.start_soon(speech.run_tts)
             if self.room is not None and self.services.settings.conversation.thinking_cue and self.playback is not None:
                 nursery.start_soon(speech.thinking_cue)
             try:
                 result = await self._dispatch(decision)
             finally:
+                self.sent.set()
                 speech.finish_text()
             await self._record(decision, result, outcome)
             await speech.answer.done.wait()  # played (or interrupted): then record how it went

@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 import attrs
 import trio
 
-from ..retry import retrying
+from ..retry import call_retrying
 
 log = logging.getLogger("voxbridge.store")
 
@@ -103,26 +103,29 @@ class Store:
             return method
 
         async def call(*args, **kwargs):
+            job = functools.partial(method, *args, **kwargs)
             started = trio.current_time()
-            async for attempt in retrying(
-                is_transient, attempts=None, timeout_s=self.retry_s, wait_initial_s=0.1, wait_max_s=5.0
-            ):
-                with attempt:
-                    try:
-                        return await trio.to_thread.run_sync(
-                            functools.partial(method, *args, **kwargs), limiter=self.limiter
-                        )
-                    except Exception as exc:
-                        if is_transient(exc) and trio.current_time() - started < self.retry_s:
-                            self.retries += 1
-                            log.warning(
-                                "event=store_retry call=%s error=%s attempt=%d backoff_s=%.1f",
-                                name,
-                                type(exc).__name__,
-                                attempt.num,
-                                attempt.next_wait,
-                            )
-                        raise
+
+            def on_retry(exc: Exception, attempt: int, wait_s: float) -> None:
+                if trio.current_time() - started < self.retry_s:
+                    self.retries += 1
+                    log.warning(
+                        "event=store_retry call=%s error=%s attempt=%d backoff_s=%.1f",
+                        name,
+                        type(exc).__name__,
+                        attempt,
+                        wait_s,
+                    )
+
+            return await call_retrying(
+                lambda _attempt: trio.to_thread.run_sync(job, limiter=self.limiter),
+                on=is_transient,
+                attempts=None,
+                timeout_s=self.retry_s,
+                wait_initial_s=0.1,
+                wait_max_s=5.0,
+                on_retry=on_retry,
+            )
 
         call.__name__ = name
         return call

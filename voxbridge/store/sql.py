@@ -179,7 +179,7 @@ class SqlStore:
                     (turn["id"],),
                 )
                 if done:
-                    previous = self._recent(cur, done["conversation_id"], history) if history else []
+                    previous = self._history(cur, done["conversation_id"], history) if history else []
                     return TurnStart(
                         done["id"],
                         done["number"],
@@ -188,13 +188,13 @@ class SqlStore:
                         done["agent_id"],
                         tuple(p for p in previous if p["id"] != done["id"]),
                     )
-            self._ensure_session(cur, turn["guild_id"], turn["user_id"])
-            row = self._row(
-                cur,
-                "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
-                " returning conversation_id, session_id, agent_id, turn_count",
-                (now_iso(), turn["guild_id"], turn["user_id"]),
-            )
+            now = now_iso()
+            row = self._count_turn(cur, turn["guild_id"], turn["user_id"], now)
+            if row is None:  # the speaker's first turn: create the session, then count
+                self._ensure_session(cur, turn["guild_id"], turn["user_id"])
+                row = self._count_turn(cur, turn["guild_id"], turn["user_id"], now)
+                if row is None:
+                    raise LookupError("no session row after creating it")
             record = {k: v for k, v in turn.items() if k in TURN_COLUMNS}
             record.setdefault("id", str(uuid.uuid4()))
             record.update(
@@ -202,8 +202,8 @@ class SqlStore:
                 session_id=row["session_id"],
                 number=row["turn_count"],
                 status="transcribed",
-                created_at=now_iso(),
-                updated_at=now_iso(),
+                created_at=now,
+                updated_at=now,
             )
             record = encode(record)
             cols = list(record)
@@ -212,7 +212,7 @@ class SqlStore:
                 f"insert into turns ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
                 tuple(record[c] for c in cols),
             )
-            previous = self._recent(cur, row["conversation_id"], history) if history else []
+            previous = self._history(cur, row["conversation_id"], history) if history else []
         return TurnStart(
             record["id"], row["turn_count"], row["conversation_id"], row["session_id"], row["agent_id"], tuple(previous)
         )
@@ -236,6 +236,27 @@ class SqlStore:
                 f"update turns set {', '.join(f'{k} = ?' for k in fields)} where id = ?",
                 (*fields.values(), turn_id),
             )
+
+    def _count_turn(self, cur, guild_id: str, user_id: str, now: str) -> dict[str, Any] | None:
+        """The session's turn counter + 1, with its ids (None: the speaker has no session yet)."""
+        return self._one(
+            cur,
+            "update sessions set turn_count = turn_count + 1, updated_at = ? where guild_id = ? and user_id = ?"
+            " returning conversation_id, session_id, agent_id, turn_count",
+            (now, guild_id, user_id),
+        )
+
+    def _history(self, cur, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        """What a payload's previousTurns carry (`agents/payload.py`), oldest first: only the
+        columns it needs, so a turn's critical path decodes no JSON."""
+        rows = self._all(
+            cur,
+            "select id, number, transcript, response, agent_id from turns"
+            " where conversation_id = ? and status = 'answered' order by number desc limit ?",
+            (conversation_id, limit),
+        )
+        rows.reverse()
+        return rows
 
     def _recent(self, cur, conversation_id: str, limit: int) -> list[dict[str, Any]]:
         rows = self._all(
