@@ -3,13 +3,14 @@
 
 VoxBridge's path per turn, as a voice turn takes it: store the turn (and read the last 5
 answered turns of history, same transaction), admission (the channel's mode, rate limit, echo
-guard), route, build the payload, POST; the routing decision is written while the request goes
-out. Measured with the SQLite store, and PostgreSQL too when the `postgres` extra is installed
-and the server answers, each against a bare `httpx` POST of the same payload to the same server
-in the same run (the floor). The server is a plain socket server in its own process (as an agent
-is) that timestamps the first byte of each request on the system-wide monotonic clock. Also counted:
-worker-thread hops taken before the request left. Prints a table, writes JSON; asserts nothing
-about time.
+guard), route, build the payload, POST; the routing decision is written once the request has
+left. Measured with the SQLite store, and PostgreSQL too when the `postgres` extra is installed
+and the server answers, each against, in the same run: a bare `httpx` POST of the same payload
+to the same server (the ratios' denominator), and the floor of any design that stores the turn
+before the request leaves (the same store insert, then the bare POST). The server is a plain
+socket server in its own process (as an agent is) that timestamps the first byte of each request
+on the system-wide monotonic clock. Also counted: worker-thread hops taken before the request
+left. Prints a table, writes JSON; asserts nothing about time.
 
   .venv/bin/python scripts/bench_routing.py            # 3 rounds x 200 turns per variant
   .venv/bin/python scripts/bench_routing.py --quick    # 1 round x 50 turns
@@ -196,6 +197,47 @@ async def measure_voxbridge(settings, store_url, server, n, warm, pace_s=0.0):
     return latencies, history, hops
 
 
+async def measure_floor(store_url, server, n, warm, payload, pace_s=0.0):
+    """What any design that stores the turn before the request leaves pays: the same store insert
+    (one thread hop, history read) then a bare httpx POST; no admission, routing or agent client."""
+    from voxbridge.store import open_store
+
+    latencies = []
+    store = await trio.to_thread.run_sync(open_store, store_url)
+    try:
+        async with make_http_client() as http:
+            for i in range(warm + n):
+                await trio.sleep(pace_s)
+                row = {
+                    "id": str(uuid.uuid4()),
+                    "guild_id": "floor-guild",
+                    "channel_id": "floor-channel",
+                    "user_id": "floor-user",
+                    "user_name": "floor",
+                    "transcript": f"What is the status of order number {i}?",
+                    "language": "en",
+                    "confidence": 0.9,
+                    "duration_ms": 2000,
+                    "timings": {},
+                }
+                before = server.count()
+                t0 = time.perf_counter()
+                start = await store.begin_turn(row, history=5)
+                body = json.dumps({**payload, "turnId": start.turn_id, "turnNumber": start.number}).encode()
+                r = await http.post(
+                    f"http://127.0.0.1:{server.port}/webhook/general",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+                assert r.status_code == 200
+                if i >= warm:
+                    latencies.append((server.arrival(before) - t0) * 1000)
+                await store.update_turn(start.turn_id, status="answered", response="Fine.")
+    finally:
+        await store.aclose()
+    return latencies
+
+
 async def measure_bare(server, n, warm, payload, pace_s=0.0):
     latencies = []
     body = json.dumps(payload).encode()
@@ -280,6 +322,10 @@ async def main_async(args):
                         server, args.turns, args.warmup if rnd == 0 else 0, example_payload(), args.pace_ms / 1000
                     )
                     results.append(("bare httpx (paired with " + name + ")", bare, 5))
+                    floor = await measure_floor(
+                        url, server, args.turns, args.warmup if rnd == 0 else 0, example_payload(), args.pace_ms / 1000
+                    )
+                    results.append(("floor: " + name + " insert + bare POST", floor, 5))
         finally:
             server.close()
             if pg_db:
@@ -293,6 +339,7 @@ async def main_async(args):
         merged.setdefault(name, []).extend(lat)
         history_by[name] = history
     bare_all = [x for k, v in merged.items() if k.startswith("bare") for x in v]
+    hops_by.update({k: [1] for k in merged if k.startswith("floor")})
     b50, b99 = pct(bare_all, 50), pct(bare_all, 99)
     rows = []
     for name, lat in merged.items():
@@ -324,8 +371,9 @@ async def main_async(args):
     print("\ntranscript ready -> first byte of the request at the agent server, admission included (a channel's mode,")
     print("rate limit, echo guard); history = previous turns in every payload; hops = most worker-thread hops taken")
     print(
-        "before the request left; bare httpx = the same payload POSTed directly (ratios against all bare runs pooled)"
+        "before the request left; bare httpx = the same payload POSTed directly (ratios against all bare runs pooled);"
     )
+    print("floor = the same store insert (with its history read) then the bare POST: what storing first costs")
     print(loadavg())
     out = Path(args.out)
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))

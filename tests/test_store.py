@@ -209,3 +209,18 @@ async def test_opt_out_persists(store):
     await store.set_ignored("u2", True)
     await store.set_ignored("u2", False)
     assert await store.ignored_users() == {"u1"}
+
+
+async def test_begin_turn_again_with_the_same_id_is_the_same_turn(store):
+    """A retry after a commit whose reply was lost: recognised by the turn id, never a second row
+    (PostgreSQL does the whole begin in one statement; SQLite in one transaction)."""
+    first = await store.begin_turn(T(text="q1"), history=5)
+    await store.update_turn(first.turn_id, status="answered", response="a1")
+    row = {**T(text="q2"), "id": "turn-fixed-id", "timings": {"stt_ms": 7}, "duration_ms": None}
+    began = await store.begin_turn(dict(row), history=5)
+    again = await store.begin_turn(dict(row), history=5)
+    assert again == began and began.turn_id == "turn-fixed-id" and began.number == 2
+    assert [t["transcript"] for t in began.history] == ["q1"]
+    assert [t["transcript"] for t in await store.list_turns(user_id="u")] == ["q1", "q2"]
+    stored = await store.get_turn("turn-fixed-id")
+    assert stored["timings"] == {"stt_ms": 7} and stored["status"] == "transcribed" and stored["number"] == 2

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from contextlib import contextmanager
-from typing import LiteralString
+from typing import Any, LiteralString
 
 from ..errors import ConfigError
-from .sql import SqlStore
+from . import TurnStart
+from .sql import TURN_COLUMNS, SqlStore, encode, now_iso
 
 # Each migration runs once, in order, recorded in voxbridge_schema (safe for several instances
 # starting at once: the whole migration runs under an advisory lock).
@@ -69,6 +71,34 @@ class _Connections:
                 self._discard(conn)
             else:
                 self._rollback(conn)
+            raise
+        else:
+            self._put_back(conn)
+
+    @contextmanager
+    def single_statement(self):
+        """A connection in autocommit mode for one statement, atomic by itself: one round trip,
+        where a transaction adds a BEGIN and a COMMIT."""
+        import psycopg
+
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        try:
+            conn.autocommit = True
+            yield conn
+            conn.autocommit = False
+        except BaseException:
+            if conn.broken or conn.closed:
+                self._discard(conn)
+            else:
+                try:
+                    conn.autocommit = False
+                except Exception:
+                    self._discard(conn)
+                else:
+                    self._put_back(conn)
             raise
         else:
             self._put_back(conn)
@@ -138,5 +168,55 @@ class PostgresStore(SqlStore):
             with conn.cursor() as cur:
                 yield cur
 
+    def begin_turn(self, turn: dict[str, Any], history: int = 0) -> TurnStart:
+        """`SqlStore.begin_turn` in one statement (one round trip instead of six): a retried insert
+        is recognised by its id, the session's counter is taken, the turn inserted and the history
+        read together. A speaker without a session row yet takes the portable path once."""
+        record = {k: v for k, v in turn.items() if k in TURN_COLUMNS and k not in _SESSION_FIELDS}
+        record.setdefault("id", str(uuid.uuid4()))
+        now = now_iso()
+        record.update(status="transcribed", created_at=now, updated_at=now)
+        record = encode(record)
+        params = {f"c_{k}": v for k, v in record.items()}
+        params.update(now=now, history=history, guild_id=turn["guild_id"], user_id=turn["user_id"])
+        cols = ", ".join(record)
+        values = ", ".join(f"%(c_{k})s" for k in record)
+        sql = _BEGIN_TURN.format(cols=cols, values=values)
+        with self.pool.single_statement() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)  # type: ignore[arg-type]  # columns are ours (TURN_COLUMNS), never input
+            row = cur.fetchone()
+        if row is None:
+            return super().begin_turn(turn, history)
+        turn_id, number, conversation_id, session_id, agent_id, previous = row
+        return TurnStart(turn_id, number, conversation_id, session_id, agent_id, tuple(previous))
+
     def close(self) -> None:
         self.pool.close()
+
+
+_SESSION_FIELDS = ("conversation_id", "session_id", "number")
+_BEGIN_TURN = """
+with existing as (
+    select t.id, t.number, t.conversation_id, t.session_id, s.agent_id
+    from turns t join sessions s on s.guild_id = t.guild_id and s.user_id = t.user_id
+    where t.id = %(c_id)s
+), counted as (
+    update sessions set turn_count = turn_count + 1, updated_at = %(now)s
+    where guild_id = %(guild_id)s and user_id = %(user_id)s and not exists (select 1 from existing)
+    returning conversation_id, session_id, agent_id, turn_count
+), inserted as (
+    insert into turns ({cols}, conversation_id, session_id, number)
+    select {values}, c.conversation_id, c.session_id, c.turn_count from counted c
+    returning id, number, conversation_id, session_id
+), began as (
+    select i.id, i.number, i.conversation_id, i.session_id, c.agent_id from inserted i, counted c
+    union all
+    select * from existing
+)
+select b.id, b.number, b.conversation_id, b.session_id, b.agent_id,
+    (select coalesce(json_agg(h order by h.number), '[]'::json) from (
+        select id, number, transcript, response, agent_id from turns
+        where conversation_id = b.conversation_id and status = 'answered' and id <> b.id
+        order by number desc limit %(history)s) h)
+from began b
+"""
