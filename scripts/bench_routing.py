@@ -12,7 +12,7 @@ socket server in its own process (as an agent is) that timestamps the first byte
 on the system-wide monotonic clock. Also counted: worker-thread hops taken before the request
 left. Prints a table, writes JSON; asserts nothing about time.
 
-  .venv/bin/python scripts/bench_routing.py            # 3 rounds x 200 turns per variant
+  .venv/bin/python scripts/bench_routing.py            # 6 rounds x 100 turns per variant
   .venv/bin/python scripts/bench_routing.py --quick    # 1 round x 50 turns
 """
 
@@ -316,16 +316,16 @@ async def main_async(args):
                     lat, history, hops = await measure_voxbridge(
                         settings, url, server, args.turns, args.warmup if rnd == 0 else 0, args.pace_ms / 1000
                     )
-                    results.append(("voxbridge/" + name, lat, history))
+                    results.append(("voxbridge/" + name, lat, history, rnd, name))
                     hops_by.setdefault("voxbridge/" + name, []).extend(hops)
                     bare = await measure_bare(
                         server, args.turns, args.warmup if rnd == 0 else 0, example_payload(), args.pace_ms / 1000
                     )
-                    results.append(("bare httpx (paired with " + name + ")", bare, 5))
+                    results.append(("bare httpx (paired with " + name + ")", bare, 5, rnd, name))
                     floor = await measure_floor(
                         url, server, args.turns, args.warmup if rnd == 0 else 0, example_payload(), args.pace_ms / 1000
                     )
-                    results.append(("floor: " + name + " insert + bare POST", floor, 5))
+                    results.append(("floor: " + name + " insert + bare POST", floor, 5, rnd, name))
         finally:
             server.close()
             if pg_db:
@@ -335,9 +335,14 @@ async def main_async(args):
                     conn.execute(f'drop database if exists "{pg_db}" with (force)')
     merged: dict[str, list[float]] = {}
     history_by = {}
-    for name, lat, history in results:
+    # paired ratios: each round's p50 against the bare POST of the same round and backend, so a
+    # machine that slows down for a few seconds (this one is shared) moves both sides alike
+    bare_p50 = {(rnd, backend): pct(lat, 50) for name, lat, _h, rnd, backend in results if name.startswith("bare")}
+    paired: dict[str, list[float]] = {}
+    for name, lat, history, rnd, backend in results:
         merged.setdefault(name, []).extend(lat)
         history_by[name] = history
+        paired.setdefault(name, []).append(pct(lat, 50) / bare_p50[(rnd, backend)])
     bare_all = [x for k, v in merged.items() if k.startswith("bare") for x in v]
     hops_by.update({k: [1] for k in merged if k.startswith("floor")})
     b50, b99 = pct(bare_all, 50), pct(bare_all, 99)
@@ -352,13 +357,15 @@ async def main_async(args):
                 "p99_ms": pct(lat, 99),
                 "mean_ms": statistics.mean(lat),
                 "p50_ratio_to_bare": pct(lat, 50) / b50,
+                "p50_ratio_paired_median": statistics.median(paired[name]),
+                "p50_ratio_paired_rounds": paired[name],
                 "p99_ratio_to_bare": pct(lat, 99) / b99,
                 "history_turns": history_by[name],
                 "thread_hops_before_request": max(hops) if hops else 0,
             }
         )
     header = (
-        f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'p99 x bare':>10} "
+        f"{'variant':<36} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 x bare':>10} {'paired':>7} {'p99 x bare':>10} "
         f"{'history':>7} {'hops':>4}"
     )
     print(header)
@@ -366,14 +373,16 @@ async def main_async(args):
     for r in rows:
         print(
             f"{r['variant']:<36} {r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['p50_ratio_to_bare']:>10.2f} "
-            f"{r['p99_ratio_to_bare']:>10.2f} {r['history_turns']:>7} {r['thread_hops_before_request']:>4}"
+            f"{r['p50_ratio_paired_median']:>7.2f} {r['p99_ratio_to_bare']:>10.2f} {r['history_turns']:>7} "
+            f"{r['thread_hops_before_request']:>4}"
         )
     print("\ntranscript ready -> first byte of the request at the agent server, admission included (a channel's mode,")
     print("rate limit, echo guard); history = previous turns in every payload; hops = most worker-thread hops taken")
     print(
         "before the request left; bare httpx = the same payload POSTed directly (ratios against all bare runs pooled);"
     )
-    print("floor = the same store insert (with its history read) then the bare POST: what storing first costs")
+    print("floor = the same store insert (with its history read) then the bare POST: what storing first costs;")
+    print("paired = median over rounds of each round's p50 / the p50 of that round's bare POST (same backend)")
     print(loadavg())
     out = Path(args.out)
     await trio.to_thread.run_sync(lambda: out.parent.mkdir(parents=True, exist_ok=True))
@@ -386,8 +395,8 @@ async def main_async(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--turns", type=int, default=200, help="measured turns per variant per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--turns", type=int, default=100, help="measured turns per variant per round")
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--pace-ms", type=float, default=0.0, help="idle time before each request (both variants)")
