@@ -189,7 +189,7 @@ class _AdmittedTurn:
         router = Router(
             self.agents,
             self.services.agents.health.available,
-            classifier=functools.partial(classify, self.caller),
+            classifier=functools.partial(classify, attrs.evolve(self.caller, on_sent=None)),  # not the turn's request
             cursor=self.services.agents.round_robin,
         )
         pinned = start.pinned_agent if start is not None else None
