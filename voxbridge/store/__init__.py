@@ -104,18 +104,16 @@ class Store:
 
         async def call(*args, **kwargs):
             job = functools.partial(method, *args, **kwargs)
-            started = trio.current_time()
 
             def on_retry(exc: Exception, attempt: int, wait_s: float) -> None:
-                if trio.current_time() - started < self.retry_s:
-                    self.retries += 1
-                    log.warning(
-                        "event=store_retry call=%s error=%s attempt=%d backoff_s=%.1f",
-                        name,
-                        type(exc).__name__,
-                        attempt,
-                        wait_s,
-                    )
+                self.retries += 1
+                log.warning(
+                    "event=store_retry call=%s error=%s attempt=%d backoff_s=%.1f",
+                    name,
+                    type(exc).__name__,
+                    attempt,
+                    wait_s,
+                )
 
             return await call_retrying(
                 lambda _attempt: trio.to_thread.run_sync(job, limiter=self.limiter),
