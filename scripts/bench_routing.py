@@ -202,43 +202,38 @@ async def measure_floor(store_url, server, n, warm, payload, pace_s=0.0):
     (one thread hop, history read) then a bare httpx POST; no admission, routing or agent client."""
     from voxbridge.store import open_store
 
-    latencies = []
     store = await trio.to_thread.run_sync(open_store, store_url)
+    answered: list[str] = []
+
+    async def stored(i: int) -> bytes:
+        row = {
+            "id": str(uuid.uuid4()),
+            "guild_id": "floor-guild",
+            "channel_id": "floor-channel",
+            "user_id": "floor-user",
+            "user_name": "floor",
+            "transcript": f"What is the status of order number {i}?",
+            "language": "en",
+            "confidence": 0.9,
+            "duration_ms": 2000,
+            "timings": {},
+        }
+        start = await store.begin_turn(row, history=5)
+        answered.append(start.turn_id)
+        return json.dumps({**payload, "turnId": start.turn_id, "turnNumber": start.number}).encode()
+
+    async def close_turn() -> None:  # untimed: the turn is answered before the next one
+        await store.update_turn(answered.pop(), status="answered", response="Fine.")
+
     try:
-        async with make_http_client() as http:
-            for i in range(warm + n):
-                await trio.sleep(pace_s)
-                row = {
-                    "id": str(uuid.uuid4()),
-                    "guild_id": "floor-guild",
-                    "channel_id": "floor-channel",
-                    "user_id": "floor-user",
-                    "user_name": "floor",
-                    "transcript": f"What is the status of order number {i}?",
-                    "language": "en",
-                    "confidence": 0.9,
-                    "duration_ms": 2000,
-                    "timings": {},
-                }
-                before = server.count()
-                t0 = time.perf_counter()
-                start = await store.begin_turn(row, history=5)
-                body = json.dumps({**payload, "turnId": start.turn_id, "turnNumber": start.number}).encode()
-                r = await http.post(
-                    f"http://127.0.0.1:{server.port}/webhook/general",
-                    content=body,
-                    headers={"content-type": "application/json"},
-                )
-                assert r.status_code == 200
-                if i >= warm:
-                    latencies.append((server.arrival(before) - t0) * 1000)
-                await store.update_turn(start.turn_id, status="answered", response="Fine.")
+        return await measure_bare(server, n, warm, payload, pace_s, body_for=stored, after=close_turn)
     finally:
         await store.aclose()
-    return latencies
 
 
-async def measure_bare(server, n, warm, payload, pace_s=0.0):
+async def measure_bare(server, n, warm, payload, pace_s=0.0, body_for=None, after=None):
+    """POSTs of `payload`, timed from the call to the first byte at the server. `body_for(i)`, when
+    given, makes each body inside the timed span (the floor's store insert); `after()` runs untimed."""
     latencies = []
     body = json.dumps(payload).encode()
     async with make_http_client() as http:
@@ -248,12 +243,14 @@ async def measure_bare(server, n, warm, payload, pace_s=0.0):
             t0 = time.perf_counter()
             r = await http.post(
                 f"http://127.0.0.1:{server.port}/webhook/general",
-                content=body,
+                content=body if body_for is None else await body_for(i),
                 headers={"content-type": "application/json"},
             )
             assert r.status_code == 200
             if i >= warm:
                 latencies.append((server.arrival(before) - t0) * 1000)
+            if after is not None:
+                await after()
     return latencies
 
 
