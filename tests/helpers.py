@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -106,3 +108,15 @@ class FastFakeStt:
 
     async def aclose(self):
         pass
+
+
+def daemon_process(env: dict[str, str], cwd) -> subprocess.Popen[str]:
+    """`voxbridge run --no-discord` as a real process, its log (stdout and stderr) as text lines."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

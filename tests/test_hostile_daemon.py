@@ -15,6 +15,7 @@ import trio
 from voxbridge.daemon import Daemon
 
 from .conftest import ROOT
+from .helpers import daemon_process
 from .test_reliability import ask, ok_agent, one_agent
 
 AGENTS = '[[agents]]\nid = "general"\nkind = "n8n"\nurl = "http://127.0.0.1:9/general"\nretries = 0\n'
@@ -118,14 +119,7 @@ class _DaemonProcess:
             "VOXBRIDGE_AGENTS__FILE": str(tmp_path / "agents.toml"),
             "VOXBRIDGE_TTS__BACKEND": "none",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self.proc = daemon_process(env, tmp_path)
         self.messages: list[str] = []
 
     def wait_for(self, prefix: str) -> None:

@@ -21,7 +21,7 @@ from voxbridge.daemon import Daemon
 from voxbridge.ops.systemd import Notifier
 
 from .conftest import need_binary
-from .helpers import SpeechMaker, wer
+from .helpers import SpeechMaker, daemon_process, wer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-api-token"
@@ -292,14 +292,7 @@ def test_sd_notify_ready_watchdog_sighup_and_stopping_in_a_real_process(tmp_path
         "VOXBRIDGE_AGENTS__FILE": str(agents),
         "VOXBRIDGE_TTS__BACKEND": "none",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = daemon_process(env, tmp_path)
     messages = []
     try:
         while not any("READY=1" in m for m in messages):

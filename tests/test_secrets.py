@@ -11,6 +11,8 @@ import time
 import httpx
 import trio
 
+from .helpers import daemon_process
+
 SECRETS = {"hook": "HOOKKEY-9f8e7d", "hmac": "HMACSECRET-1a2b3c", "apikey": "APIKEY-5e6f7a", "api": "APITOKEN-4d4d4d"}
 
 
@@ -67,14 +69,7 @@ async def test_no_secret_appears_in_any_output_log_or_store(tmp_path, agent_serv
         ):
             r = run(args, env, tmp_path)
             outputs.extend([r.stdout, r.stderr])
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "voxbridge", "run", "--no-discord"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        daemon = daemon_process(env, tmp_path)
         try:
             port = None
             deadline = time.time() + 120
