@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from contextlib import contextmanager
 from typing import Any, LiteralString
 
 from ..errors import ConfigError
 from . import TurnStart
-from .sql import TURN_COLUMNS, SqlStore, encode, now_iso
+from .sql import SqlStore, encode, new_turn, now_iso
 
 # Each migration runs once, in order, recorded in voxbridge_schema (safe for several instances
 # starting at once: the whole migration runs under an advisory lock).
@@ -57,12 +56,7 @@ class _Connections:
     @contextmanager
     def connection(self):
         """A connection in a transaction: committed on success, rolled back on error."""
-        import psycopg
-
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = psycopg.connect(self.url, autocommit=False, connect_timeout=5)
+        conn = self._take()
         try:
             yield conn
             conn.commit()
@@ -79,12 +73,7 @@ class _Connections:
     def single_statement(self):
         """A connection in autocommit mode for one statement, atomic by itself: one round trip,
         where a transaction adds a BEGIN and a COMMIT."""
-        import psycopg
-
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        conn = self._take()
         try:
             conn.autocommit = True
             yield conn
@@ -102,6 +91,14 @@ class _Connections:
             raise
         else:
             self._put_back(conn)
+
+    def _take(self):
+        """An idle connection, or a new one made in the calling thread (not in autocommit)."""
+        import psycopg
+
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        return conn if conn is not None else psycopg.connect(self.url, autocommit=False, connect_timeout=5)
 
     def _rollback(self, conn) -> None:
         try:
@@ -172,11 +169,8 @@ class PostgresStore(SqlStore):
         """`SqlStore.begin_turn` in one statement (one round trip instead of six): a retried insert
         is recognised by its id, the session's counter is taken, the turn inserted and the history
         read together. A speaker without a session row yet takes the portable path once."""
-        record = {k: v for k, v in turn.items() if k in TURN_COLUMNS and k not in _SESSION_FIELDS}
-        record.setdefault("id", str(uuid.uuid4()))
         now = now_iso()
-        record.update(status="transcribed", created_at=now, updated_at=now)
-        record = encode(record)
+        record = encode(new_turn(turn, now))
         params = {f"c_{k}": v for k, v in record.items()}
         params.update(now=now, history=history, guild_id=turn["guild_id"], user_id=turn["user_id"])
         cols = ", ".join(record)
@@ -194,7 +188,6 @@ class PostgresStore(SqlStore):
         self.pool.close()
 
 
-_SESSION_FIELDS = ("conversation_id", "session_id", "number")
 _BEGIN_TURN = """
 with existing as (
     select t.id, t.number, t.conversation_id, t.session_id, s.agent_id

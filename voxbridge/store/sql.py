@@ -48,6 +48,18 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+SESSION_FIELDS = ("conversation_id", "session_id", "number")  # a new turn takes these from its session
+
+
+def new_turn(turn: dict[str, Any], now: str) -> dict[str, Any]:
+    """A transcribed turn's row as `begin_turn` inserts it, less what its session gives it: only
+    known columns, an id (the caller's, so a retried insert is recognised), status, timestamps."""
+    record = {k: v for k, v in turn.items() if k in TURN_COLUMNS and k not in SESSION_FIELDS}
+    record.setdefault("id", str(uuid.uuid4()))
+    record.update(status="transcribed", created_at=now, updated_at=now)
+    return record
+
+
 def encode(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for key in JSON_FIELDS:
@@ -195,17 +207,14 @@ class SqlStore:
                 row = self._count_turn(cur, turn["guild_id"], turn["user_id"], now)
                 if row is None:
                     raise LookupError("no session row after creating it")
-            record = {k: v for k, v in turn.items() if k in TURN_COLUMNS}
-            record.setdefault("id", str(uuid.uuid4()))
-            record.update(
-                conversation_id=row["conversation_id"],
-                session_id=row["session_id"],
-                number=row["turn_count"],
-                status="transcribed",
-                created_at=now,
-                updated_at=now,
+            record = encode(
+                {
+                    **new_turn(turn, now),
+                    "conversation_id": row["conversation_id"],
+                    "session_id": row["session_id"],
+                    "number": row["turn_count"],
+                }
             )
-            record = encode(record)
             cols = list(record)
             self._exec(
                 cur,
