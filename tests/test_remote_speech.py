@@ -286,3 +286,15 @@ async def test_stt_serve_batches_concurrent_clients_correctly(stt, speech, nurse
         await ws.send_message(json.dumps({"type": "status"}))
         status = json.loads(await ws.get_message())
     assert status["batching"]["batched_requests"] == 6 and status["batching"]["largest_batch"] > 1
+
+
+async def test_open_services_closes_the_remote_tts_it_created(settings, stt, tmp_path):
+    """The daemon's services own the TTS engine they create: an OpenAI-compatible one holds an
+    HTTP client (and its connections), closed with the services (before: never closed)."""
+    from voxbridge.core.services import open_services
+
+    s = attrs.evolve(settings, tts=tts_settings("openai", ["http://127.0.0.1:9/v1"]))
+    async with open_services(s, stt=stt, tts=True, store_url=f"sqlite:///{tmp_path}/t.db") as services:
+        tts = services.tts
+        assert isinstance(tts, OpenAiTts) and not tts.http.is_closed
+    assert tts.http.is_closed

@@ -133,6 +133,7 @@ async def open_services(
         stt = await create_stt(settings)
     elif stt is False:  # text only (voxbridge say): no model to load
         stt, own_stt = None, False
+    own_tts = tts is True
     if tts is True:
         tts = await create_tts(settings)
     elif tts is False:
@@ -168,3 +169,5 @@ async def open_services(
             await store.aclose()
             if own_stt and stt is not None:
                 await stt.aclose()
+            if own_tts and tts is not None:
+                await tts.aclose()  # an OpenAI-compatible TTS holds an HTTP client
