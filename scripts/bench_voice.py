@@ -247,21 +247,28 @@ async def main_async(args):
             batched = BatchingStt(engine)
             await root.start(batched.run)
             stt = _BatchedView(batched, engine)
+        early_variants = args.early_ms or [settings.vad.early_ms]
         for n in args.speakers:
-            runs = []
+            runs: dict[int, list] = {e: [] for e in early_variants}
             for rep in range(args.repeats):
-                load = loadavg()
-                print(f"{n} speaker(s), repeat {rep + 1}/{args.repeats}: {load}", file=sys.stderr)
-                run = await one_run(args, settings, stt, tts, agents_cfg, clips, n, rep, vad_session)
-                run["load"] = load
-                runs.append(run)
-                print(
-                    f"  measured {len(run['rows'])}/{run['utterances']} utterances, decodes {run['decodes']} "
-                    f"for {run['turns']} turns",
-                    file=sys.stderr,
-                )
-            summaries.append(summarize(runs))
-            runs_all += runs
+                for early_ms in early_variants:  # interleaved per repeat: this machine drifts
+                    variant = attrs.evolve(settings, vad=attrs.evolve(settings.vad, early_ms=early_ms))
+                    load = loadavg()
+                    print(
+                        f"{n} speaker(s), early_ms {early_ms}, repeat {rep + 1}/{args.repeats}: {load}",
+                        file=sys.stderr,
+                    )
+                    run = await one_run(args, variant, stt, tts, agents_cfg, clips, n, rep, vad_session)
+                    run["load"], run["early_ms"] = load, early_ms
+                    runs[early_ms].append(run)
+                    print(
+                        f"  measured {len(run['rows'])}/{run['utterances']} utterances, decodes {run['decodes']} "
+                        f"for {run['turns']} turns",
+                        file=sys.stderr,
+                    )
+            for early_ms in early_variants:
+                summaries.append({"early_ms": early_ms, **summarize(runs[early_ms])})
+                runs_all += runs[early_ms]
         root.cancel_scope.cancel()
 
     print(
@@ -270,28 +277,28 @@ async def main_async(args):
         f"{settings.stt.max_concurrent_transcriptions} decode worker(s)" + (", batched" if args.batch else "")
     )
     header = (
-        f"{'spk':>3} {'n':>4} {'p50':>6} {'p95':>6} {'max':>6} | "
+        f"{'spk':>3} {'early':>5} {'n':>4} {'p50':>6} {'p95':>6} {'max':>6} | "
         + " ".join(f"{s:>6}" for s in STAGES)
-        + f" | {'dec/turn':>8} {'early':>5} {'cl->fr-syn':>10}"
+        + f" | {'dec/turn':>8} {'used':>5} {'cl->fr-syn':>10}"
     )
     print(header)
     print("-" * len(header))
     for s in summaries:
         print(
-            f"{s['speakers']:>3} {s['measured']:>4} {s['v2v_p50_ms']:>6.0f} {s['v2v_p95_ms']:>6.0f} "
+            f"{s['speakers']:>3} {s['early_ms']:>5} {s['measured']:>4} {s['v2v_p50_ms']:>6.0f} {s['v2v_p95_ms']:>6.0f} "
             f"{s['v2v_max_ms']:>6.0f} | "
             + " ".join(f"{s[f'{st}_p50_ms']:>6.0f}" for st in STAGES)
             + f" | {s['decode_work_per_turn']:>8.2f} {s['early_used']:>5} "
             f"{s['clause_to_frame_minus_synth_p50_ms']:>10.1f}"
         )
     print(
-        "\nstages are p50s; dec/turn = decodes run per turn (1.00 = no wasted speculative work); early = turns whose "
-        "early decode was used;\n"
+        "\nearly = [vad].early_ms (the silence after which the early decode starts); stages are p50s;\n"
+        "dec/turn = decodes run per turn (1.00 = no wasted speculative work); used = turns the early decode served;\n"
         "cl->fr-syn = first clause -> first frame minus its synthesis + conversion in the worker (p50)"
     )
     for s in summaries:
         print(
-            f"  {s['speakers']} speaker(s): "
+            f"  {s['speakers']} speaker(s), early_ms {s['early_ms']}: "
             f"v2v p50 per repeat {', '.join(f'{v:.0f}' for v in s['v2v_p50_per_repeat_ms'])} ms; "
             f"missed {s['missed']}/{s['utterances']}; "
             f"first clause->first frame p50 {s['clause_to_frame_p50_ms']:.0f} ms, "
@@ -320,7 +327,7 @@ async def main_async(args):
                     "workers": settings.stt.max_concurrent_transcriptions,
                     "beam_size": settings.stt.beam_size,
                     "silence_ms": settings.vad.silence_ms,
-                    "early_ms": settings.vad.early_ms,
+                    "early_ms": args.early_ms or [settings.vad.early_ms],
                 },
                 "summaries": summaries,
                 "runs": runs_all,
@@ -364,6 +371,12 @@ def main():
     p.add_argument("--workers", type=int, help="decode workers (default: the config's max_concurrent_transcriptions)")
     p.add_argument(
         "--batch", action="store_true", help="batch decodes across speakers (as `voxbridge stt-serve --batch`)"
+    )
+    p.add_argument(
+        "--early-ms",
+        type=int,
+        nargs="+",
+        help="[vad].early_ms variants, run side by side (default: the config's); each >= tail_ms, < silence_ms",
     )
     p.add_argument("--quick", action="store_true", help="smoke test: 6 utterances per point, 1 repeat")
     p.add_argument("--out", default="bench-out/bench_voice.json")

@@ -73,7 +73,7 @@ class Segmenter:
         *,
         threshold: float = 0.5,
         silence_ms: int = 800,
-        early_ms: int = 250,
+        early_ms: int = 150,
         max_utterance_ms: int = 45_000,
         preroll_ms: int = 200,
         min_speech_ms: int = 200,
