@@ -272,3 +272,23 @@ async def test_openai_tts_gets_the_servers_sample_rate(piper, stt, agent_server,
         heard = await stt.transcribe(resample(sp.audio, sp.rate, STT_RATE))
         assert wer(text, heard.text) <= 0.25, heard.text
     assert formats[0] == "wav"
+
+
+async def test_stt_serve_applies_the_name_prompt_and_bounds_it(stt_serve, stt, speech):
+    """Addressed mode's name prompt reaches stt-serve's engine (before: dropped by every remote backend)."""
+    from voxbridge.core.conversation import name_prompt
+    from voxbridge.stt.serve import MAX_PROMPT_CHARS
+
+    _, ports = await stt_serve()
+    said = "VoxBridge, what time is it in Tokyo?"
+    clip = pcm16_to_float(float_to_pcm16(speech.pcm16k(said)))  # as the wire carries it
+    prompt = name_prompt(("VoxBridge",))
+    plain = await stt.transcribe(clip, language="en")
+    local = await stt.transcribe(clip, language="en", prompt=prompt)
+    assert local.text != plain.text, (plain, local)  # premise: the prompt changes this decode
+    client = WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"]))
+    remote_tr = await client.transcribe(clip, language="en", prompt=prompt)
+    assert remote_tr.text == local.text, (remote_tr, local)
+    assert (await client.transcribe(clip, language="en")).text == plain.text
+    with pytest.raises(SttError, match=f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters"):
+        await client.transcribe(clip, language="en", prompt="x" * (MAX_PROMPT_CHARS + 1))

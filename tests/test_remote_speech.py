@@ -177,7 +177,9 @@ async def test_openai_compatible_stt_and_tts(stt, piper, agent_server, monkeypat
 
             audio, rate = read_wav_mono(io.BytesIO(parts["file"].get_payload(decode=True)))
             assert parts["model"].get_content().strip() == "whisper-1"
-            tr = await stt.transcribe(resample(audio, rate, STT_RATE))
+            prompt = parts["prompt"].get_content().strip() if "prompt" in parts else None
+            seen.setdefault("prompts", []).append(prompt)
+            tr = await stt.transcribe(resample(audio, rate, STT_RATE), prompt=prompt)
             await resp.respond(200, {"text": tr.text})
         elif req.path == "/v1/audio/speech":
             body = req.json()
@@ -205,15 +207,19 @@ async def test_openai_compatible_stt_and_tts(stt, piper, agent_server, monkeypat
 
     tr = await stt_engine.transcribe(SpeechMaker(piper).pcm16k(TEXT))
     assert wer(TEXT, tr.text) <= 0.25
+    # Addressed mode's name prompt goes out as OpenAI's `prompt` field (before: never sent).
+    tr = await stt_engine.transcribe(SpeechMaker(piper).pcm16k("VoxBridge, what time is it?"), prompt="VoxBridge.")
+    assert seen["prompts"] == [None, "VoxBridge."] and tr.text.lower().startswith("voxbridge"), tr
     for voice in ("alloy", "wav-server"):
         tts_engine = OpenAiTts(tts_settings("openai", [url], api_key_env="VBX_TEST_OPENAI_KEY", remote_voice=voice))
         sp = await tts_engine.synthesize("How far away is the moon?")
         assert sp.rate == 24000
         heard = await stt.transcribe(resample(sp.audio, sp.rate, STT_RATE))
         assert wer("How far away is the moon?", heard.text) <= 0.25
-    assert set(seen["/v1/audio/speech"]) == {"Bearer sk-test-123"} and seen["/v1/audio/transcriptions"] == [
-        "Bearer sk-test-123"
-    ]
+    assert (
+        set(seen["/v1/audio/speech"]) == {"Bearer sk-test-123"}
+        and seen["/v1/audio/transcriptions"] == ["Bearer sk-test-123"] * 2
+    )
     await stt_engine.aclose()
 
 

@@ -49,8 +49,9 @@ class _Remote:
     async def aclose(self) -> None:
         return None
 
-    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None) -> tuple:
-        """(text, language, confidence, segments) or (text, language) from one endpoint."""
+    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None, prompt: str | None) -> tuple:
+        """(text, language, confidence, segments) or (text, language) from one endpoint. `prompt`
+        (addressed mode: the bot's name) goes to the server where its protocol carries one."""
         raise NotImplementedError
 
     async def transcribe(
@@ -60,7 +61,7 @@ class _Remote:
         t0 = time.perf_counter()
         try:
             reply = await self.pool.call(
-                lambda ep: self._one(ep, pcm16k_mono, lang),
+                lambda ep: self._one(ep, pcm16k_mono, lang, prompt),
                 RETRYABLE,
                 timeout_s=self.settings.timeout_s,
                 what="transcript",
@@ -102,11 +103,13 @@ class _Remote:
 
 
 class WyomingStt(_Remote):
-    """Against a Wyoming ASR server (wyoming-faster-whisper, wyoming-whisper-cpp, ...)."""
+    """Against a Wyoming ASR server (wyoming-faster-whisper, wyoming-whisper-cpp, ...). Wyoming's
+    transcribe event has no prompt: give the server one of its own (wyoming-faster-whisper
+    `--initial-prompt "VoxBridge."`)."""
 
     name = "wyoming"
 
-    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None):
+    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None, prompt: str | None):
         conn = await WyomingConnection.connect(endpoint)
         try:
             await conn.send("transcribe", {"language": language} if language else {})
@@ -144,7 +147,7 @@ class OpenAiStt(_Remote):
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None):
+    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None, prompt: str | None):
         buf = io.BytesIO()
         with wave.open(buf, "wb") as w:
             w.setnchannels(1)
@@ -154,6 +157,8 @@ class OpenAiStt(_Remote):
         data = {"model": self.settings.remote_model, "response_format": "json"}
         if language:
             data["language"] = language
+        if prompt:
+            data["prompt"] = prompt  # OpenAI's field; speaches / faster-whisper-server pass it to Whisper
         resp = await self.http.post(
             endpoint.rstrip("/") + "/v1/audio/transcriptions",
             headers=self.headers,
@@ -188,7 +193,7 @@ class WebsocketStt(_Remote):
 
     name = "websocket"
 
-    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None):
+    async def _one(self, endpoint: str, audio: np.ndarray, language: str | None, prompt: str | None):
         """The header, then the PCM in messages of at most WS_CHUNK bytes (a 45 s utterance is
         1.4 MB: over the 1 MiB a websocket message may have). A rejected handshake, a closed
         connection or a timeout is a ConnectionError (the next endpoint is tried)."""
@@ -205,6 +210,8 @@ class WebsocketStt(_Remote):
             "format": "s16le",
             "bytes": len(pcm),
         }
+        if prompt:
+            header["prompt"] = prompt
         try:
             async with open_websocket_url(endpoint, connect_timeout=5, disconnect_timeout=2) as ws:
                 await ws.send_message(json.dumps(header))

@@ -3,7 +3,8 @@
 Serves the local engine (faster-whisper, CapacityLimiter, `max_concurrent_transcriptions`
 workers) over two protocols:
 - WebSocket (`ws://host:4901`): a JSON header `{"type": "transcribe", "language", "rate",
-  "channels", "format": "s16le", "bytes": N}` then the PCM in binary messages until N bytes
+  "channels", "format": "s16le", "bytes": N, "prompt"}` ("prompt" optional: Whisper's initial
+  prompt, e.g. the bot's name in addressed mode; at most MAX_PROMPT_CHARS) then the PCM in binary messages until N bytes
   (without "bytes": one binary message) -> `{"type": "transcript", "text", "confidence", ...}`;
   `{"type": "status"}` -> load (in flight, waiting, served, errors, clients);
 - Wyoming (`tcp://host:10300`): describe/info and transcribe/audio-start/audio-chunk/audio-stop ->
@@ -31,6 +32,7 @@ from ..net.wyoming import WyomingConnection, WyomingError
 log = logging.getLogger("voxbridge.stt_serve")
 MAX_AUDIO_S = 120  # per request, at any rate
 WS_MAX_MESSAGE = 4 << 20  # one-message clients: two minutes of 16 kHz mono fits
+MAX_PROMPT_CHARS = 500  # Whisper reads at most ~224 prompt tokens; a name and wake phrases need far fewer
 
 
 def max_audio_bytes(rate: int, channels: int = 1) -> int:
@@ -68,9 +70,13 @@ class SttServer:
             else None,
         }
 
-    async def transcribe(self, pcm: bytes, rate: int, language: str | None, channels: int = 1) -> dict:
+    async def transcribe(
+        self, pcm: bytes, rate: int, language: str | None, channels: int = 1, prompt: str | None = None
+    ) -> dict:
         if not 4000 <= rate <= 192_000 or channels not in (1, 2):
             raise SttError(f"unsupported audio: {rate} Hz, {channels} channels (4-192 kHz, mono or stereo)")
+        if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
+            raise SttError(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
         if len(pcm) > max_audio_bytes(rate, channels):
             raise SttError(f"audio longer than {MAX_AUDIO_S} seconds")
         audio = pcm16_to_float(pcm[: len(pcm) - len(pcm) % 2])
@@ -80,7 +86,7 @@ class SttServer:
             audio = await trio.to_thread.run_sync(resample, audio, rate, STT_RATE)
         self.load["in_flight"] += 1
         try:
-            tr = await self.engine.transcribe(audio, language=language)
+            tr = await self.engine.transcribe(audio, language=language, prompt=prompt or None)
         except SttError:
             self.load["errors"] += 1
             raise
@@ -142,7 +148,9 @@ class SttServer:
                     )
                     continue
                 try:
-                    reply = await self.transcribe(bytes(pcm), rate, header.get("language"), channels)
+                    reply = await self.transcribe(
+                        bytes(pcm), rate, header.get("language"), channels, prompt=header.get("prompt")
+                    )
                 except SttError as exc:
                     reply = {"type": "error", "error": str(exc)}
                 await ws.send_message(json.dumps(reply))
