@@ -32,6 +32,24 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+async def _daemon_in_a_channel(settings, tmp_path, agent_url, stt, nursery):
+    """A daemon (API on a free port, no TTS) joined to g1/c1: (daemon, control, channel)."""
+    (tmp_path / "agents.toml").write_text(agents_toml(agent_url))
+    s = attrs.evolve(
+        settings,
+        api=attrs.evolve(settings.api, port=0),
+        agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")),
+    )
+    daemon = Daemon(s, env={}, engines={"stt": stt, "tts": False})
+    await nursery.start(daemon.run)
+    await daemon.voice.join("g1", "c1")
+    control = daemon.control
+    assert control is not None
+    channel = control.channel("g1")
+    assert channel is not None
+    return daemon, control, channel
+
+
 async def test_metrics_count_not_routed_turns_and_stt_failures_with_their_labels(
     settings, speech, agent_server, tmp_path, nursery
 ):
@@ -41,19 +59,9 @@ async def test_metrics_count_not_routed_turns_and_stt_failures_with_their_labels
         calls.append(req.json())
         await resp.respond(200, {"output": "ok"})
 
-    (tmp_path / "agents.toml").write_text(agents_toml(await agent_server(agent)))
-    s = attrs.evolve(
-        settings,
-        api=attrs.evolve(settings.api, port=0),
-        agents=attrs.evolve(settings.agents, file=str(tmp_path / "agents.toml")),
+    daemon, control, channel = await _daemon_in_a_channel(
+        settings, tmp_path, await agent_server(agent), FastFakeStt(fail_on={1}), nursery
     )
-    daemon = Daemon(s, env={}, engines={"stt": FastFakeStt(fail_on={1}), "tts": False})
-    await nursery.start(daemon.run)
-    await daemon.voice.join("g1", "c1")
-    control = daemon.control
-    assert control is not None
-    channel = control.channel("g1")
-    assert channel is not None
 
     async def say(user: str) -> None:
         handle = channel.add_speaker(user, user)
@@ -197,3 +205,58 @@ async def test_store_retries_transient_errors_through_the_retry_helper():
     with trio.fail_after(5), pytest.raises(sqlite3.OperationalError):
         await gone.list_turns()
     assert 2 <= down.calls < 10  # retried with backoff within retry_s, then raised
+
+
+def test_stt_backlog_is_reported_once_a_minute_with_what_it_stands_for():
+    from voxbridge.core.services import SttBacklog
+
+    events = []
+    limiter = trio.CapacityLimiter(2)
+    services = type("S", (), {"stt": type("E", (), {"limiter": limiter})()})()
+    services.emit = lambda kind, **f: events.append((kind, f))
+    backlog = SttBacklog(threshold_s=2.0, every_s=60.0)
+    backlog.note(services, 0.3)  # a normal wait: nothing to say
+    assert events == []
+    backlog.note(services, 2.5)
+    backlog.note(services, 4.0)  # within the minute: counted, not logged
+    assert [(k, f["queued_s"], f["waits"], f["waiting"]) for k, f in events] == [("stt_backlog", 2.5, 1, 0)]
+    assert "GPU" in events[0][1]["hint"] and "beam_size" in events[0][1]["hint"]
+    backlog.every_s = 0.0
+    backlog.note(services, 3.0)
+    assert [(f["queued_s"], f["waits"]) for _, f in events] == [(2.5, 1), (3.0, 2)]  # the suppressed wait counted
+
+
+async def test_speech_waiting_for_a_decode_worker_shows_in_metrics_and_one_backlog_event(
+    settings, stt, speech, agent_server, tmp_path, nursery
+):
+    async def agent(req, resp):
+        await resp.respond(200, {"output": "ok"})
+
+    daemon, control, channel = await _daemon_in_a_channel(settings, tmp_path, await agent_server(agent), stt, nursery)
+    busy = [object() for _ in range(int(stt.limiter.total_tokens))]
+    for owner in busy:  # every decode worker is taken (as by other speakers' decodes)
+        stt.limiter.acquire_on_behalf_of_nowait(owner)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api_port}") as http:
+
+        async def scrape():
+            return samples((await http.get("/metrics")).text)
+
+        try:
+            handle = channel.add_speaker("alice", "alice")
+            assert handle is not None
+            for frame in split_frames(speech.discord("What is the weather like today?")):
+                await handle.send(frame)
+            await handle.finish()
+            with trio.fail_after(60):  # a sanity bound, not a timing target
+                while (await scrape()).get(("voxbridge_queue_depth", (("queue", "stt_decodes"),))) != 1:
+                    await trio.sleep(0.05)
+            await trio.sleep(2.2)  # the utterance waits longer than the backlog threshold (2 s)
+        finally:
+            for owner in busy:
+                stt.limiter.release_on_behalf_of(owner)
+        await handle.finished.wait()
+        got = await scrape()
+    assert got[("voxbridge_queue_depth", (("queue", "stt_decodes"),))] == 0
+    assert got[("voxbridge_events_total", (("kind", "stt_backlog"),))] == 1
+    [turn] = await control.services.store.list_turns()
+    assert turn["status"] == "answered"

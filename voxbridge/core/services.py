@@ -58,6 +58,35 @@ class RateLimit:
         return True
 
 
+class SttBacklog:
+    """Says when speech waits for the STT: an utterance whose decode waited `threshold_s` or more
+    for a free worker means more people talk than this machine transcribes in real time. Without
+    this an operator sees only slow answers. One `stt_backlog` event per `every_s` at most, with
+    how many such waits it stands for."""
+
+    HINT = (
+        "more speech than the STT workers decode in real time: use a GPU ([stt].device = cuda), "
+        "stt-serve on a GPU host, [stt].beam_size = 1, or more [stt].max_concurrent_transcriptions if cores are idle"
+    )
+
+    def __init__(self, threshold_s: float = 2.0, every_s: float = 60.0):
+        self.threshold_s, self.every_s = threshold_s, every_s
+        self.last_at: float | None = None
+        self.waits = 0  # since the last event
+
+    def note(self, services: Services, queued_s: float) -> None:
+        if queued_s < self.threshold_s:
+            return
+        self.waits += 1
+        now = time.monotonic()
+        if self.last_at is not None and now - self.last_at < self.every_s:
+            return
+        limiter = getattr(services.stt, "limiter", None)
+        waiting = limiter.statistics().tasks_waiting if limiter is not None else None
+        services.emit("stt_backlog", queued_s=round(queued_s, 2), waits=self.waits, waiting=waiting, hint=self.HINT)
+        self.last_at, self.waits = now, 0
+
+
 class AgentsHolder:
     """The live agents config: swapped atomically; a turn keeps the snapshot it started with.
     Agent health (circuit breakers, concurrency limits) lives here and survives reloads."""
@@ -91,6 +120,7 @@ class Services:
     metrics: Metrics = attrs.field(factory=Metrics)
     ignored: set[str] = attrs.field(factory=set)  # users who opted out (/voxbridge ignore-me)
     rate_limit: RateLimit = attrs.field(factory=lambda: RateLimit(0))
+    stt_backlog: SttBacklog = attrs.field(factory=lambda: SttBacklog())
 
     @property
     def broadcaster(self):

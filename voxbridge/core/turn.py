@@ -71,6 +71,7 @@ async def run_turn(
         record = TurnRecord(services, speaker, ended_at=ended_at, timings=timings)
         await record.stt_failed(exc, duration_ms=round(len(utterance.audio) / 16))
         return
+    services.stt_backlog.note(services, transcript.timings.get("queued_s", 0.0))
     finished_at = decode.finished_at if decode.finished_at is not None else trio.current_time()
     wait_ms = round((finished_at - ended_at) * 1000)
     timings.update(

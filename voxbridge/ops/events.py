@@ -14,6 +14,8 @@ counters or histograms, with labels taken from the event's fields (never inferre
     stt_dropped      voxbridge_stt_dropped_total
     agent_failover   voxbridge_agent_failovers_total{agent, reason}
     turn_played      voxbridge_stage_latency_seconds{stage} from its `timings` (ms)
+    stt_backlog      only voxbridge_events_total (the live gauge voxbridge_queue_depth{queue="stt_decodes"}
+                     shows the queue itself)
 """
 
 from __future__ import annotations

@@ -176,6 +176,9 @@ class LiveCollector(Collector):
             depth = GaugeMetricFamily("voxbridge_queue_depth", "Items waiting in bounded queues.", labels=["queue"])
             depth.add_metric(["speaker_frames"], sum(h.queued for c in channels for h in c.speakers.values()))
             depth.add_metric(["playback_answers"], sum(c.playback.queued for c in channels))
+            limiter = getattr(services.stt, "limiter", None) if services is not None else None
+            if limiter is not None:  # utterances waiting for a decode worker (stt_backlog events say why)
+                depth.add_metric(["stt_decodes"], limiter.statistics().tasks_waiting)
             yield depth
         components = GaugeMetricFamily(
             "voxbridge_component_stat",
