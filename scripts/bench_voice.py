@@ -327,7 +327,7 @@ async def main_async(args):
                     "workers": settings.stt.max_concurrent_transcriptions,
                     "beam_size": settings.stt.beam_size,
                     "silence_ms": settings.vad.silence_ms,
-                    "early_ms": args.early_ms or [settings.vad.early_ms],
+                    "early_ms": early_variants,
                 },
                 "summaries": summaries,
                 "runs": runs_all,

@@ -28,7 +28,7 @@ from ..logs import log_event
 from ..ops.events import observe
 from ..ops.metrics import Metrics
 from ..store import Store, open_store
-from ..stt import SttEngine, create_stt
+from ..stt import SttEngine, create_stt, decodes_waiting
 from ..tts import TtsEngine, create_tts
 
 log = logging.getLogger("voxbridge")
@@ -81,8 +81,7 @@ class SttBacklog:
         now = time.monotonic()
         if self.last_at is not None and now - self.last_at < self.every_s:
             return
-        limiter = getattr(services.stt, "limiter", None)
-        waiting = limiter.statistics().tasks_waiting if limiter is not None else None
+        waiting = decodes_waiting(services.stt)
         services.emit("stt_backlog", queued_s=round(queued_s, 2), waits=self.waits, waiting=waiting, hint=self.HINT)
         self.last_at, self.waits = now, 0
 
@@ -120,7 +119,7 @@ class Services:
     metrics: Metrics = attrs.field(factory=Metrics)
     ignored: set[str] = attrs.field(factory=set)  # users who opted out (/voxbridge ignore-me)
     rate_limit: RateLimit = attrs.field(factory=lambda: RateLimit(0))
-    stt_backlog: SttBacklog = attrs.field(factory=lambda: SttBacklog())
+    stt_backlog: SttBacklog = attrs.field(factory=SttBacklog)
 
     @property
     def broadcaster(self):

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..stt import decodes_waiting
+
 disable_created_metrics()  # no `_created` series next to every counter: not part of our documented names
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -176,9 +178,9 @@ class LiveCollector(Collector):
             depth = GaugeMetricFamily("voxbridge_queue_depth", "Items waiting in bounded queues.", labels=["queue"])
             depth.add_metric(["speaker_frames"], sum(h.queued for c in channels for h in c.speakers.values()))
             depth.add_metric(["playback_answers"], sum(c.playback.queued for c in channels))
-            limiter = getattr(services.stt, "limiter", None) if services is not None else None
-            if limiter is not None:  # utterances waiting for a decode worker (stt_backlog events say why)
-                depth.add_metric(["stt_decodes"], limiter.statistics().tasks_waiting)
+            waiting = decodes_waiting(services.stt) if services is not None else None
+            if waiting is not None:  # utterances waiting for a decode worker (stt_backlog events say why)
+                depth.add_metric(["stt_decodes"], waiting)
             yield depth
         components = GaugeMetricFamily(
             "voxbridge_component_stat",

@@ -32,6 +32,13 @@ class SttEngine(Protocol):
     async def aclose(self) -> None: ...
 
 
+def decodes_waiting(stt: object) -> int | None:
+    """Transcriptions waiting for a decode worker of an in-process engine (its CapacityLimiter);
+    None for engines without one (the remote backends: their queue is the server's)."""
+    limiter = getattr(stt, "limiter", None)
+    return limiter.statistics().tasks_waiting if limiter is not None else None
+
+
 async def create_stt(settings) -> SttEngine:
     """Build and load the configured engine (model loading happens in a worker thread)."""
     if settings.stt.backend == "local":

@@ -4,8 +4,8 @@ Serves the local engine (faster-whisper, CapacityLimiter, `max_concurrent_transc
 workers) over two protocols:
 - WebSocket (`ws://host:4901`): a JSON header `{"type": "transcribe", "language", "rate",
   "channels", "format": "s16le", "bytes": N, "prompt"}` ("prompt" optional: Whisper's initial
-  prompt, e.g. the bot's name in addressed mode; at most MAX_PROMPT_CHARS) then the PCM in binary messages until N bytes
-  (without "bytes": one binary message) -> `{"type": "transcript", "text", "confidence", ...}`;
+  prompt, e.g. the bot's name in addressed mode; at most MAX_PROMPT_CHARS) then the PCM in binary
+  messages until N bytes (without "bytes": one binary message) -> `{"type": "transcript", "text", "confidence", ...}`;
   `{"type": "status"}` -> load (in flight, waiting, served, errors, clients);
 - Wyoming (`tcp://host:10300`): describe/info and transcribe/audio-start/audio-chunk/audio-stop ->
   transcript, so Home Assistant or another VoxBridge (`[stt].backend = "wyoming"`) can use it.
@@ -28,6 +28,7 @@ from ..audio import STT_RATE
 from ..audio.convert import pcm16_to_float, resample
 from ..errors import SttError
 from ..net.wyoming import WyomingConnection, WyomingError
+from . import decodes_waiting
 
 log = logging.getLogger("voxbridge.stt_serve")
 MAX_AUDIO_S = 120  # per request, at any rate
@@ -58,7 +59,7 @@ class SttServer:
 
     def status(self) -> dict:
         limiter = getattr(self.engine, "limiter", None)
-        waiting = limiter.statistics().tasks_waiting if limiter is not None else 0
+        waiting = decodes_waiting(self.engine) or 0
         return {
             "type": "status",
             **self.load,
