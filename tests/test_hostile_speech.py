@@ -283,12 +283,15 @@ async def test_stt_serve_applies_the_name_prompt_and_bounds_it(stt_serve, stt, s
     said = "VoxBridge, what time is it in Tokyo?"
     clip = pcm16_to_float(float_to_pcm16(speech.pcm16k(said)))  # as the wire carries it
     prompt = name_prompt(("VoxBridge",))
+    # The same audio decodes to slightly different text from call to call (CTranslate2 int8 on
+    # two workers: "Box Bridge." once, "Buck's Bridge." another time), so the checks are on the name.
     plain = await stt.transcribe(clip, language="en")
+    assert "voxbridge" not in plain.text.lower(), plain  # premise: unprompted, tiny.en misses the name
     local = await stt.transcribe(clip, language="en", prompt=prompt)
-    assert local.text != plain.text, (plain, local)  # premise: the prompt changes this decode
+    assert local.text.lower().startswith("voxbridge"), local  # premise: the prompt makes it heard
     client = WebsocketStt(stt_settings("websocket", [f"ws://127.0.0.1:{ports['websocket']}"]))
     remote_tr = await client.transcribe(clip, language="en", prompt=prompt)
-    assert remote_tr.text == local.text, (remote_tr, local)
-    assert (await client.transcribe(clip, language="en")).text == plain.text
+    assert remote_tr.text.lower().startswith("voxbridge"), remote_tr  # the prompt reached the server's engine
+    assert wer(said, remote_tr.text) <= 0.25, remote_tr
     with pytest.raises(SttError, match=f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters"):
         await client.transcribe(clip, language="en", prompt="x" * (MAX_PROMPT_CHARS + 1))
